@@ -12,10 +12,12 @@ exit code in one place::
     │   │   └── NotFoundError    404 for one booking's details
     │   └── TransportError       no response: connection failed or timed out
     ├── SyncError                a sync could not complete (exit 1)
-    │   └── ListingIncompleteError  the listing disagrees with pagination.total
+    │   ├── ListingIncompleteError  the listing disagrees with pagination.total
+    │   └── SyncCancelledError   shutdown began before the sync published
     ├── MappingError             one booking cannot become a VEVENT
     ├── StateError               the state database cannot be used
-    └── PublishError             a feed file could not be written
+    ├── PublishError             a feed file could not be written
+    └── LockHeldError            another process is syncing this state_dir (exit 3)
 """
 
 from __future__ import annotations
@@ -106,6 +108,14 @@ class ListingIncompleteError(SyncError):
         )
 
 
+class SyncCancelledError(SyncError):
+    """The process is shutting down, so the sync stopped before it committed or published."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        super().__init__(f"sync abandoned before {step} because calsync is shutting down")
+
+
 class MappingError(CalsyncError):
     """One booking cannot be turned into a VEVENT; the sync skips it."""
 
@@ -131,3 +141,17 @@ class PublishError(CalsyncError):
         self.path = path
         self.reason = reason
         super().__init__(f"could not write feed {path}: {reason}")
+
+
+class LockHeldError(CalsyncError):
+    """Another process holds the sync lock of this ``state_dir``.
+
+    ``holder`` is what that process wrote into the lock file (its pid, host
+    and start time), or an empty string if it wrote nothing readable.
+    """
+
+    def __init__(self, path: str, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        who = holder or "an unknown process"
+        super().__init__(f"another sync is running ({who}); lock file {path}")

@@ -1,0 +1,274 @@
+"""The state store: one SQLite file with every booking calsync has seen and every sync run.
+
+The database runs in WAL mode with ``synchronous=FULL``, so a process killed
+at any point leaves either the previous or the next committed state. The
+schema version lives in ``PRAGMA user_version``; ``MIGRATIONS`` upgrades an
+older file step by step, and a file from a newer calsync is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from calsync.errors import StateError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.sqlite3"
+
+# MIGRATIONS[n] lists the statements that upgrade a database from user_version n to n + 1.
+MIGRATIONS: list[list[str]] = [
+    [
+        """
+        CREATE TABLE bookings (
+            id TEXT PRIMARY KEY,
+            row_json TEXT NOT NULL,             -- the last list row
+            fingerprint TEXT NOT NULL,          -- hash of the list row
+            details_json TEXT,                  -- the last details, NULL until fetched
+            details_fetched_at TEXT,            -- ISO 8601 UTC
+            significant TEXT NOT NULL,          -- hash of the fields that raise SEQUENCE
+            sequence INTEGER NOT NULL DEFAULT 0,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            removed_at TEXT                     -- set when the booking left a complete listing
+        )
+        """,
+        "CREATE INDEX bookings_details_age ON bookings (details_fetched_at) WHERE removed_at IS NULL",
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            seconds REAL,
+            outcome TEXT NOT NULL,              -- success or failed
+            error TEXT,
+            stats_json TEXT NOT NULL DEFAULT '{}'
+        )
+        """,
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_utc_text(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+@dataclass
+class StoredBooking:
+    """One booking as the store keeps it between syncs."""
+
+    id: str
+    row: dict[str, Any]
+    fingerprint: str
+    significant: str
+    first_seen: datetime
+    last_seen: datetime
+    details: dict[str, Any] | None = None
+    details_fetched_at: datetime | None = None
+    sequence: int = 0
+    removed_at: datetime | None = None
+
+    def record(self) -> dict[str, Any] | None:
+        """Return the details overlaid with the current list row, or None before the first details.
+
+        The list row is always from the latest listing, so its fields win
+        over those of details that may be older.
+        """
+        if self.details is None:
+            return None
+        return {**self.details, **self.row}
+
+
+@dataclass
+class RunRecord:
+    """One sync run: when, how long, how it ended, and its counters."""
+
+    started_at: datetime
+    outcome: str
+    finished_at: datetime | None = None
+    seconds: float | None = None
+    error: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+class StateStore:
+    """The SQLite state database of one ``state_dir``; use one instance per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.connection = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as error:
+            raise StateError(str(path), f"cannot open: {error}") from error
+
+    @classmethod
+    def open_in(cls, state_dir: Path) -> StateStore:
+        return cls(state_dir / STATE_FILE)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self.connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                str(self.path),
+                f"schema version {version} is newer than this calsync supports ({SCHEMA_VERSION}); "
+                "upgrade calsync or point sync.state_dir at a new directory",
+            )
+
+        for target in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                for statement in MIGRATIONS[target]:
+                    self.connection.execute(statement)
+                self.connection.execute(f"PRAGMA user_version = {target + 1}")
+            log.info("state database %s upgraded to schema version %d", self.path, target + 1)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one IMMEDIATE transaction: all of its writes land, or none."""
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.connection
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
+
+    # -- bookings -----------------------------------------------------------
+
+    def bookings(self, *, include_removed: bool = False) -> dict[str, StoredBooking]:
+        query = "SELECT * FROM bookings"
+        if not include_removed:
+            query += " WHERE removed_at IS NULL"
+        cursor = self.connection.execute(query)
+        columns = [description[0] for description in cursor.description]
+        return {row[0]: _booking_from_row(dict(zip(columns, row))) for row in cursor}
+
+    def save_bookings(self, bookings: Iterable[StoredBooking]) -> None:
+        """Insert or replace bookings; call inside ``transaction()``."""
+        self.connection.executemany(
+            """
+            INSERT OR REPLACE INTO bookings (id, row_json, fingerprint, details_json, details_fetched_at,
+                significant, sequence, first_seen, last_seen, removed_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            (_booking_to_row(booking) for booking in bookings),
+        )
+
+    def mark_removed(self, booking_ids: Iterable[str], when: datetime) -> None:
+        """Mark bookings as removed, keeping their SEQUENCE should the id come back; call inside ``transaction()``."""
+        self.connection.executemany(
+            "UPDATE bookings SET removed_at = ? WHERE id = ?",
+            ((utc_text(when), booking_id) for booking_id in booking_ids),
+        )
+
+    # -- runs -----------------------------------------------------------------
+
+    def add_run(self, run: RunRecord) -> int:
+        cursor = self.connection.execute(
+            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json) VALUES (?, ?, ?, ?, ?, ?)",
+            _run_to_row(run),
+        )
+        run.id = cursor.lastrowid
+        return run.id or 0
+
+    def update_run(self, run: RunRecord) -> None:
+        self.connection.execute(
+            "UPDATE runs SET started_at = ?, finished_at = ?, seconds = ?, outcome = ?, error = ?, stats_json = ?"
+            " WHERE id = ?",
+            (*_run_to_row(run), run.id),
+        )
+
+    def recent_runs(self, limit: int = 50) -> list[RunRecord]:
+        cursor = self.connection.execute(
+            "SELECT id, started_at, finished_at, seconds, outcome, error, stats_json FROM runs"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [_run_from_row(row) for row in cursor]
+
+    def last_success(self) -> RunRecord | None:
+        row = self.connection.execute(
+            "SELECT id, started_at, finished_at, seconds, outcome, error, stats_json FROM runs"
+            " WHERE outcome = 'success' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return _run_from_row(row) if row else None
+
+
+def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
+    return (
+        booking.id,
+        json.dumps(booking.row, sort_keys=True, ensure_ascii=False),
+        booking.fingerprint,
+        None if booking.details is None else json.dumps(booking.details, sort_keys=True, ensure_ascii=False),
+        utc_text(booking.details_fetched_at) if booking.details_fetched_at else None,
+        booking.significant,
+        booking.sequence,
+        utc_text(booking.first_seen),
+        utc_text(booking.last_seen),
+        utc_text(booking.removed_at) if booking.removed_at else None,
+    )
+
+
+def _booking_from_row(row: dict[str, Any]) -> StoredBooking:
+    return StoredBooking(
+        id=row["id"],
+        row=json.loads(row["row_json"]),
+        fingerprint=row["fingerprint"],
+        details=json.loads(row["details_json"]) if row["details_json"] is not None else None,
+        details_fetched_at=parse_utc_text(row["details_fetched_at"]),
+        significant=row["significant"],
+        sequence=row["sequence"],
+        first_seen=datetime.fromisoformat(row["first_seen"]),
+        last_seen=datetime.fromisoformat(row["last_seen"]),
+        removed_at=parse_utc_text(row["removed_at"]),
+    )
+
+
+def _run_to_row(run: RunRecord) -> tuple[Any, ...]:
+    return (
+        utc_text(run.started_at),
+        utc_text(run.finished_at) if run.finished_at else None,
+        run.seconds,
+        run.outcome,
+        run.error,
+        json.dumps(run.stats, sort_keys=True),
+    )
+
+
+def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
+    run_id, started_at, finished_at, seconds, outcome, error, stats_json = row
+    return RunRecord(
+        id=run_id,
+        started_at=datetime.fromisoformat(started_at),
+        finished_at=parse_utc_text(finished_at),
+        seconds=seconds,
+        outcome=outcome,
+        error=error,
+        stats=json.loads(stats_json),
+    )
