@@ -1,0 +1,349 @@
+"""The sync engine: list, plan, fetch, commit, render, publish.
+
+One ``SyncEngine.run`` pages through every booking, plans which details to
+fetch (new and changed bookings, bookings without details, and a bounded
+share of stale details), fetches them concurrently, commits everything in one
+SQLite transaction, and then renders and publishes every feed. It decides what
+changed before it touches a feed, so a sync that fails at any step publishes
+nothing and the last good feeds stay in place.
+
+This module never imports the CLI or the feed server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from calsync.cashfin import CashfinClient, DetailsResult, Listing, client_for
+from calsync.config import Config
+from calsync.errors import CalsyncError, ListingIncompleteError, SyncCancelledError
+from calsync.feeds import RenderedFeed, publish, render_feed
+from calsync.lock import sync_lock
+from calsync.mapping import significant_fields
+from calsync.store import RunRecord, StateStore, StoredBooking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncStats:
+    """The counters of one sync, logged in its summary line and kept with its run record."""
+
+    pages: int = 0
+    list_requests: int = 0
+    details_requests: int = 0
+    # Requests by "<endpoint> <final HTTP status>", e.g. "details 200"; "error" when no response came.
+    api_requests: dict[str, int] = field(default_factory=dict)
+    details_fetched: int = 0
+    details_failed: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    skipped: int = 0
+    pending: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    bookings_by_status: dict[str, int] = field(default_factory=dict)
+    published: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Plan:
+    """What one sync will do, decided from the listing and the stored state alone.
+
+    ``fetch`` is every id whose details are needed: ``new`` and ``changed``
+    ids, ids stored without details, and ``refresh`` (stale details, at most
+    the per-sync budget). ``removed`` is the ids of the stored bookings that a
+    complete listing no longer shows.
+    """
+
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    refresh: list[str] = field(default_factory=list)
+    without_details: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def fetch(self) -> list[str]:
+        return [*self.new, *self.changed, *self.without_details, *self.refresh]
+
+
+@dataclass
+class SyncResult:
+    stats: SyncStats
+    feeds: list[RenderedFeed]
+
+
+def fingerprint(row: dict[str, Any]) -> str:
+    """Hash a list row; any change to a list field changes the hash."""
+    canonical = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def significant_hash(record: dict[str, Any]) -> str:
+    """Hash the fields whose change must raise SEQUENCE (time, status, title, location)."""
+    return hashlib.sha256(repr(significant_fields(record)).encode("utf-8")).hexdigest()
+
+
+def refresh_budget(booking_count: int, config: Config) -> int:
+    """Return how many stale details one sync refreshes.
+
+    Spreading ``booking_count`` refreshes over ``details_max_age`` at one sync
+    per ``interval`` gives each sync an equal share, at least one.
+    """
+    syncs_per_age = config.sync.details_max_age / config.sync.interval
+    return max(1, math.ceil(booking_count / max(syncs_per_age, 1.0)))
+
+
+class SyncEngine:
+    """Runs syncs for one configuration; ``client_factory`` lets tests set client options.
+
+    ``last_stats`` holds the counters of the latest run, failed runs included.
+    """
+
+    def __init__(self, config: Config, client_factory: Callable[[Config], CashfinClient] | None = None) -> None:
+        self.config = config
+        self.client_factory = client_factory or client_for
+        self.last_stats = SyncStats()
+        self._cancel: threading.Event | None = None
+
+    def run(self, lock_wait: float = 5.0, cancel: threading.Event | None = None) -> SyncResult:
+        """Run one sync under the state directory's lock; raise ``CalsyncError`` when it fails.
+
+        When ``cancel`` is set before the commit or before publishing, the
+        sync stops there with ``SyncCancelledError`` and publishes nothing.
+        """
+        self._cancel = cancel
+        with sync_lock(self.config.sync.state_dir, wait=lock_wait):
+            with StateStore.open_in(self.config.sync.state_dir) as store:
+                return self._run_locked(store)
+
+    def _check_cancel(self, step: str) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise SyncCancelledError(step)
+
+    def _run_locked(self, store: StateStore) -> SyncResult:
+        started = datetime.now(UTC)
+        clock = time.monotonic()
+        stats = SyncStats()
+        self.last_stats = stats
+        run = RunRecord(started_at=started, outcome="running")
+
+        with self.client_factory(self.config) as client:
+            try:
+                result = self._sync(store, client, stats, started)
+            except CalsyncError as error:
+                self._count_requests(stats, client)
+                self._record_failure(store, run, stats, clock, error)
+                raise
+
+        stats.seconds = round(time.monotonic() - clock, 3)
+        self._record_success(store, run, stats)
+        self._log_summary(stats)
+        return result
+
+    def _sync(self, store: StateStore, client: CashfinClient, stats: SyncStats, now: datetime) -> SyncResult:
+        listing = client.list_bookings()
+        stats.pages = listing.pages
+        if not listing.complete:
+            raise ListingIncompleteError(listing.total, len(listing.rows), "; ".join(listing.problems))
+
+        stored = store.bookings(include_removed=True)
+        plan = self.plan(listing, stored, now)
+        details = client.fetch_details(plan.fetch, cancel=self._cancel)
+        self._count_requests(stats, client)
+
+        changes = apply_changes(listing, stored, plan, details, now, stats)
+        self._check_cancel("the commit")
+        with store.transaction():
+            store.save_bookings(changes)
+            store.mark_removed(plan.removed + sorted(details.missing), now)
+            store.connection.execute(
+                "UPDATE bookings SET last_seen = ? WHERE removed_at IS NULL", (now.isoformat(timespec="microseconds"),)
+            )
+
+        feeds = self._render_all(store, now, stats)
+        self._check_cancel("publishing")
+        for feed in feeds:
+            if publish(feed.path, feed.data):
+                stats.published.append(feed.name)
+        return SyncResult(stats=stats, feeds=feeds)
+
+    def plan(self, listing: Listing, stored: dict[str, StoredBooking], now: datetime) -> Plan:
+        """Decide which details to fetch and which bookings were removed; the listing must be complete."""
+        plan = Plan()
+        for booking_id, row in listing.rows.items():
+            known = stored.get(booking_id)
+            if known is None or known.removed_at is not None:
+                plan.new.append(booking_id)
+            elif known.fingerprint != fingerprint(row):
+                plan.changed.append(booking_id)
+            elif known.details is None:
+                plan.without_details.append(booking_id)
+
+        plan.removed = sorted(
+            booking_id
+            for booking_id, known in stored.items()
+            if known.removed_at is None and booking_id not in listing.rows
+        )
+        plan.refresh = self._stale(listing, stored, plan, now)
+        return plan
+
+    def _stale(self, listing: Listing, stored: dict[str, StoredBooking], plan: Plan, now: datetime) -> list[str]:
+        """Pick the stalest details beyond ``details_max_age``, at most the per-sync budget."""
+        oldest_allowed = now - self.config.sync.details_max_age
+        planned = set(plan.fetch)
+        stale = [
+            (known.details_fetched_at, booking_id)
+            for booking_id, known in stored.items()
+            if booking_id in listing.rows
+            and booking_id not in planned
+            and known.details_fetched_at is not None
+            and known.details_fetched_at < oldest_allowed
+        ]
+        stale.sort()
+        budget = refresh_budget(len(listing.rows), self.config)
+        return [booking_id for _, booking_id in stale[:budget]]
+
+    def _render_all(self, store: StateStore, now: datetime, stats: SyncStats) -> list[RenderedFeed]:
+        bookings = list(store.bookings().values())
+        feeds = [render_feed(self.config, feed, bookings, now) for feed in self.config.feeds]
+
+        skipped: dict[str, str] = {}
+        for feed in feeds:
+            stats.events[feed.name] = feed.events
+            skipped.update(feed.skipped)
+        for booking_id, reason in sorted(skipped.items()):
+            log.warning("skipped booking %s: %s", booking_id, reason)
+        stats.skipped = len(skipped)
+        stats.pending = sum(1 for booking in bookings if booking.details is None)
+        stats.bookings_by_status = dict(Counter(str(booking.row.get("status")) for booking in bookings))
+        return feeds
+
+    @staticmethod
+    def _count_requests(stats: SyncStats, client: CashfinClient) -> None:
+        stats.list_requests = client.request_counts["list"]
+        stats.details_requests = client.request_counts["details"]
+        stats.api_requests = {f"{endpoint} {status}": count for (endpoint, status), count in client.status_counts.items()}
+
+    @staticmethod
+    def _record_success(store: StateStore, run: RunRecord, stats: SyncStats) -> None:
+        run.outcome = "success"
+        run.finished_at = datetime.now(UTC)
+        run.seconds = stats.seconds
+        run.stats = asdict(stats)
+        with store.transaction():
+            store.add_run(run)
+
+    @staticmethod
+    def _record_failure(store: StateStore, run: RunRecord, stats: SyncStats, clock: float, error: Exception) -> None:
+        stats.seconds = round(time.monotonic() - clock, 3)
+        run.outcome = "failed"
+        run.finished_at = datetime.now(UTC)
+        run.seconds = stats.seconds
+        run.error = str(error)
+        run.stats = asdict(stats)
+        with store.transaction():
+            store.add_run(run)
+        log.error("sync failed after %.2fs, feeds left as they were: %s", stats.seconds, error)
+
+    @staticmethod
+    def _log_summary(stats: SyncStats) -> None:
+        events = ", ".join(f"{name}={count}" for name, count in stats.events.items())
+        log.info(
+            "sync finished in %.2fs: %d pages, %d details fetched (%d failed), %d added, %d changed, "
+            "%d removed, %d skipped, %d without details; events: %s; published: %s",
+            stats.seconds, stats.pages, stats.details_fetched, stats.details_failed, stats.added,
+            stats.changed, stats.removed, stats.skipped, stats.pending, events,
+            ", ".join(stats.published) or "none (unchanged)",
+        )
+
+
+def apply_changes(
+    listing: Listing,
+    stored: dict[str, StoredBooking],
+    plan: Plan,
+    details: DetailsResult,
+    now: datetime,
+    stats: SyncStats,
+) -> list[StoredBooking]:
+    """Build the bookings to write: new ones, changed ones, and ones whose details were refreshed."""
+    stats.details_fetched = len(details.found)
+    stats.details_failed = len(details.failed)
+    stats.removed = len(plan.removed) + len(details.missing)
+
+    changes = []
+    for booking_id, row in listing.rows.items():
+        if booking_id in details.missing:
+            continue
+        known = stored.get(booking_id)
+        fresh_details = details.found.get(booking_id)
+        kind = _change_kind(known, row, fresh_details)
+        if kind is None:
+            continue
+
+        changes.append(_updated_booking(booking_id, row, known, fresh_details, now))
+        if kind == "added":
+            stats.added += 1
+        elif kind == "changed":
+            stats.changed += 1
+    return changes
+
+
+def _change_kind(known: StoredBooking | None, row: dict[str, Any], fresh_details: dict[str, Any] | None) -> str | None:
+    """Classify a listed booking: added, changed, refreshed (same data, new fetch time) or None (untouched)."""
+    if known is None or known.removed_at is not None:
+        return "added"
+    if known.fingerprint != fingerprint(row):
+        return "changed"
+    if fresh_details is None:
+        return None
+    return "refreshed" if fresh_details == known.details else "changed"
+
+
+def _updated_booking(
+    booking_id: str,
+    row: dict[str, Any],
+    known: StoredBooking | None,
+    fresh_details: dict[str, Any] | None,
+    now: datetime,
+) -> StoredBooking:
+    """Return the booking to store, keeping the last known details when none were fetched."""
+    booking = StoredBooking(
+        id=booking_id,
+        row=row,
+        fingerprint=fingerprint(row),
+        significant="",
+        first_seen=known.first_seen if known else now,
+        last_seen=now,
+        details=fresh_details if fresh_details is not None else (known.details if known else None),
+        details_fetched_at=now if fresh_details is not None else (known.details_fetched_at if known else None),
+    )
+    booking.significant = significant_hash(booking.record() or row)
+    booking.sequence = _next_sequence(known, booking.significant)
+    return booking
+
+
+def _next_sequence(known: StoredBooking | None, significant: str) -> int:
+    """Keep SEQUENCE for an unchanged event; raise it when a significant field changed or the id came back.
+
+    A booking stored without details was never in a feed, so its first
+    details do not count as a change.
+    """
+    if known is None:
+        return 0
+    if known.details is None:
+        return known.sequence
+    if known.removed_at is not None or known.significant != significant:
+        return known.sequence + 1
+    return known.sequence

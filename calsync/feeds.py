@@ -1,0 +1,182 @@
+"""Feeds: select each feed's bookings, render its bytes, and publish them atomically.
+
+Rendering is deterministic: events are ordered by start then id, and every
+timestamp comes from the bookings, so unchanged state renders to identical
+bytes. Publishing writes a temporary file beside the target, fsyncs it and
+renames it over the target, so a reader sees the old file or the new one and
+never a partial one; identical bytes are not rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from calsync import __version__
+from calsync.config import Config, FeedSettings
+from calsync.errors import MappingError, PublishError, StateError
+from calsync.mapping import CalendarHeader, MappingSettings, booking_end, parse_instant, render_calendar, render_event
+from calsync.store import STATE_FILE, StateStore, StoredBooking
+
+log = logging.getLogger(__name__)
+
+FEEDS_DIR = "feeds"
+
+
+@dataclass
+class RenderedFeed:
+    """The bytes of one feed, how many events they hold, and the bookings left out as unmappable."""
+
+    name: str
+    path: Path
+    data: bytes
+    events: int
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def feed_path(state_dir: Path, name: str) -> Path:
+    return state_dir / FEEDS_DIR / f"{name}.ics"
+
+
+def mapping_settings(config: Config, feed: FeedSettings) -> MappingSettings:
+    return MappingSettings(
+        uid_domain=config.calendar.uid_domain,
+        timezone=config.sync.timezone,
+        details=feed.details,
+        alarms=feed.alarms,
+        organizer=config.calendar.organizer,
+    )
+
+
+def calendar_header(config: Config, feed: FeedSettings) -> CalendarHeader:
+    return CalendarHeader(
+        name=feed.name,
+        title=feed.title,
+        timezone_name=config.sync.timezone_name,
+        refresh_interval=config.sync.interval,
+        product_id=f"-//calsync//calsync {__version__}//EN",
+    )
+
+
+def select_bookings(feed: FeedSettings, bookings: Iterable[StoredBooking], now: datetime) -> list[StoredBooking]:
+    """Return the bookings the feed shows: by status and type, ending at most ``past_days`` ago.
+
+    Bookings without details yet are left out: the list row lacks location,
+    participant and description, and a feed that later gains them would show
+    the event changing for no visible reason.
+    """
+    oldest_end = now - timedelta(days=feed.past_days)
+    selected = []
+    for booking in bookings:
+        record = booking.record()
+        if record is None or booking.removed_at is not None:
+            continue
+        if feed.statuses and record.get("status") not in feed.statuses:
+            continue
+        if feed.types and record.get("type") not in feed.types:
+            continue
+        end = booking_end(record)
+        if end is not None and end < oldest_end:
+            continue
+        selected.append(booking)
+    return selected
+
+
+def _start_key(booking: StoredBooking) -> tuple[str, str]:
+    record = booking.record() or {}
+    try:
+        start = parse_instant(record.get("starttime")).isoformat()
+    except ValueError:
+        start = ""
+    return (start, booking.id)
+
+
+def render_feed(config: Config, feed: FeedSettings, bookings: Iterable[StoredBooking], now: datetime) -> RenderedFeed:
+    """Render one feed from stored bookings; unmappable bookings are left out and listed in ``skipped``."""
+    settings = mapping_settings(config, feed)
+    selected = sorted(select_bookings(feed, bookings, now), key=_start_key)
+
+    events: list[bytes] = []
+    skipped: dict[str, str] = {}
+    for booking in selected:
+        try:
+            events.append(_render_one(booking, settings))
+        except MappingError as error:
+            skipped[booking.id] = error.reason
+
+    data = render_calendar(calendar_header(config, feed), events)
+    path = feed_path(config.sync.state_dir, feed.name)
+    return RenderedFeed(name=feed.name, path=path, data=data, events=len(events), skipped=skipped)
+
+
+def _render_one(booking: StoredBooking, settings: MappingSettings) -> bytes:
+    record: dict[str, Any] = booking.record() or {}
+    return render_event(record, sequence=booking.sequence, settings=settings, fallback_stamp=booking.first_seen)
+
+
+def publish(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically; return False when the file already held these bytes."""
+    if _holds(path, data):
+        return False
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _replace_atomically(path, data)
+    except OSError as error:
+        raise PublishError(str(path), error.strerror or str(error)) from error
+    log.info("published %s (%d bytes)", path, len(data))
+    return True
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except FileNotFoundError:
+        return False
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable; some file systems refuse to open a directory, which is harmless."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def export_feed(config: Config, feed: FeedSettings) -> bytes:
+    """Render one feed from the stored state alone, without contacting the API."""
+    state_file = config.sync.state_dir / STATE_FILE
+    if not state_file.exists():
+        raise StateError(str(state_file), "no state yet; run 'calsync sync' first")
+
+    with StateStore(state_file) as store:
+        bookings = list(store.bookings().values())
+    rendered = render_feed(config, feed, bookings, datetime.now(UTC))
+    for booking_id, reason in sorted(rendered.skipped.items()):
+        log.warning("skipped booking %s: %s", booking_id, reason)
+    return rendered.data
