@@ -26,22 +26,19 @@ import logging
 import math
 import random
 import re
-import socket
 import threading
 import time
 import unicodedata
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from itertools import accumulate
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import partial
+from itertools import accumulate
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import waitress
-from waitress import wasyncore
+from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 
 logger = logging.getLogger(__name__)
 
@@ -1220,7 +1217,6 @@ class Sandbox:
         self._stopped.set()
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
-        self._socket_map: dict[int, Any] = {}
         self._base_url: str | None = None
 
     @property
@@ -1249,15 +1245,12 @@ class Sandbox:
             if self._base_url is not None:
                 return self._base_url
 
-            socket_map: dict[int, Any] = {}
-            server, base_url = _create_server(self._app, self._host, self._port, self._threads, socket_map)
-            thread = threading.Thread(
-                target=_run_server, args=(server,), name="calsync-sandbox", daemon=True
-            )
-            self._server, self._server_thread, self._socket_map = server, thread, socket_map
+            server = make_server(self._app, self._host, self._port, threads=self._threads)
+            base_url = server_url(server)
+            self._server = server
             self._base_url = base_url
             self._stopped.clear()
-            thread.start()
+            self._server_thread = start_server_thread(server, name="calsync-sandbox")
 
         if not _is_loopback(self._host):
             logger.warning(
@@ -1275,9 +1268,10 @@ class Sandbox:
             server, thread, base_url = self._server, self._server_thread, self._base_url
             if server is None or thread is None:
                 return
-            _shut_down(server, thread, self._socket_map)
+            if not stop_server(server):
+                logger.warning("Sandbox Cashfin API threads did not stop within %.0f s", STOP_TIMEOUT_SECONDS)
+            thread.join(STOP_TIMEOUT_SECONDS)
             self._server = self._server_thread = self._base_url = None
-            self._socket_map = {}
             self._stopped.set()
         logger.info("Sandbox Cashfin API at %s stopped", base_url)
 
@@ -1365,73 +1359,7 @@ class Sandbox:
         self._stats.reset()
 
 
-def _create_server(
-    app: _CashfinApp, host: str, port: int, threads: int, socket_map: dict[int, Any]
-) -> tuple[Any, str]:
-    """Create a waitress server that is not yet running, and return it with its base URL."""
-    listener = _bind_listener(host, port)
-    try:
-        server = waitress.create_server(
-            app,
-            map=socket_map,
-            sockets=[listener],
-            threads=threads,
-            ident="calsync-sandbox",
-            asyncore_use_poll=True,
-        )
-    except Exception:
-        listener.close()
-        raise
-    return server, _format_base_url(listener.getsockname())
-
-
-def _bind_listener(host: str, port: int) -> socket.socket:
-    """Bind one listening socket, so that waitress serves exactly one address."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as error:
-        message = (
-            f"cannot listen on {host} port {port}: {error.strerror or error}. "
-            "Choose another port, or port 0 for any free one."
-        )
-        raise OSError(error.errno, message) from error
-
-
-def _format_base_url(address: tuple[Any, ...]) -> str:
-    host, port = address[0], address[1]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _run_server(server: Any) -> None:
-    try:
-        server.run()
-    except Exception:
-        logger.exception("Sandbox Cashfin API server loop failed")
-
-
-def _shut_down(server: Any, thread: threading.Thread, socket_map: dict[int, Any]) -> None:
-    """Stop a waitress server that runs on ``thread``.
-
-    In waitress 3.0.2, ``server.close()`` closes the listening socket but
-    leaves the worker threads and the connections open. The worker threads
-    end through the task dispatcher, and the loop ends once the socket map is
-    empty. The sockets are closed from the loop thread, via the server's
-    trigger, because closing them from here could race with the loop's poll.
-    """
-    server.task_dispatcher.shutdown(timeout=STOP_TIMEOUT_SECONDS)
-    if thread.is_alive():
-        server.trigger.pull_trigger(partial(wasyncore.close_all, socket_map))
-        thread.join(STOP_TIMEOUT_SECONDS)
-
-    if thread.is_alive():
-        logger.warning("Sandbox Cashfin API loop did not stop within %.0f s", STOP_TIMEOUT_SECONDS)
-    else:
-        # The loop has ended, so closing any socket it left open cannot race with it.
-        wasyncore.close_all(socket_map)
