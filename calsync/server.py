@@ -1,0 +1,368 @@
+"""The feed server: the WSGI application of ``calsync serve`` and ``calsync demo``.
+
+Routes:
+
+- ``GET``/``HEAD /feeds/<name>.ics?token=<token>``: the last published bytes
+  of a feed, as ``text/calendar; charset=utf-8`` whatever the ``Accept``
+  header, with a strong ``ETag``, ``Last-Modified``, ``Cache-Control`` and
+  ``Content-Disposition``. Conditional requests get ``304`` (see
+  ``calsync.http_conditional``). A wrong or missing token gets the same
+  ``404`` as an unknown feed, so tokens cannot be probed feed by feed. A feed
+  with ``gzip = true`` is compressed for clients whose ``Accept-Encoding``
+  allows gzip.
+- ``GET /healthz``: ``200`` whenever the process responds at all.
+- ``GET /readyz``: ``200`` once a sync has succeeded recently, else ``503``
+  with the reason (see ``calsync.status``).
+- ``GET /metrics``: Prometheus text, when the app has a ``Metrics``.
+- ``POST /sync`` with ``Authorization: Bearer <server.admin_token>``: queue a
+  sync. It exists only with an admin token and a ``request_sync`` callback.
+
+Feed bytes are held in memory by ``calsync.feed_cache``. Every request is
+logged at INFO without its query string, which carries the feed token.
+``make_server`` and ``stop_server`` come from ``calsync.wsgi``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from calsync.config import Config, FeedSettings
+from calsync.config_sources import DEFAULT_SOURCE
+from calsync.errors import ConfigError
+from calsync.feed_cache import FeedCache, FeedVersion, Representation
+from calsync.http_conditional import accepts_gzip, http_date, not_modified
+from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
+
+if TYPE_CHECKING:
+    from calsync.metrics import Metrics
+    from calsync.status import ServiceStatus
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+Environ = dict[str, Any]
+
+CALENDAR_TYPE = "text/calendar; charset=utf-8"
+FEEDS_PREFIX = "/feeds/"
+FEED_SUFFIX = ".ics"
+READ_METHODS = "GET, HEAD"
+NOT_FOUND_BODY = b"Not found\n"
+# Characters left as they are when a request path is written to the log; the rest is percent-encoded.
+LOGGED_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+@dataclass
+class Response:
+    """An HTTP response. ``body`` is left out of the response to a HEAD request."""
+
+    status: HTTPStatus
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+class FeedApp:
+    """The WSGI application that serves feeds and the operator endpoints.
+
+    ``status`` decides ``/readyz``; without it the app is ready when every
+    feed has been published. ``metrics`` enables ``/metrics`` and counts feed
+    requests. ``request_sync`` queues a sync for ``POST /sync`` and returns
+    False when it cannot, for example while the daemon shuts down. The app
+    does not check that every feed has a token; call ``check_serving`` first.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        status: ServiceStatus | None = None,
+        metrics: Metrics | None = None,
+        request_sync: Callable[[], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.status = status
+        self.metrics = metrics
+        self.request_sync = request_sync
+        self.feeds = {feed.name: feed for feed in config.feeds}
+        self.cache = FeedCache(config.sync.state_dir, config.feeds)
+        self.max_age = int(config.sync.interval.total_seconds())
+        self.routes: dict[str, Callable[[str, Environ], Response]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+            "/sync": self._sync,
+        }
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        response = self._respond(method, path, environ)
+        if response.status != HTTPStatus.NOT_MODIFIED:
+            # Set here rather than by waitress, so that a HEAD response has the length of the GET body.
+            response.headers.append(("Content-Length", str(len(response.body))))
+
+        body = b"" if method == "HEAD" else response.body
+        _log_access(environ, method, path, response.status, len(body))
+        start_response(f"{response.status.value} {response.status.phrase}", response.headers)
+        return [body]
+
+    def _respond(self, method: str, path: str, environ: Environ) -> Response:
+        """Run the handler. This is the one place that catches and logs an exception from any handler."""
+        try:
+            response = self.handle(method, path, environ)
+        except Exception:
+            log.exception("request %s %s failed", _loggable(method), _loggable(path))
+            response = _text(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error\n")
+
+        if self.metrics is not None and path.startswith(FEEDS_PREFIX):
+            self.metrics.observe_feed_request(response.status.value)
+        return response
+
+    def handle(self, method: str, path: str, environ: Environ) -> Response:
+        """Route one request and return its response. Exceptions propagate to ``_respond``."""
+        if path.startswith(FEEDS_PREFIX) and path.endswith(FEED_SUFFIX):
+            name = path[len(FEEDS_PREFIX):-len(FEED_SUFFIX)]
+            return _require_read(method) or self._serve_feed(name, environ)
+
+        route = self.routes.get(path)
+        if route is None:
+            return _not_found()
+        return route(method, environ)
+
+    # Feeds.
+
+    def _serve_feed(self, name: str, environ: Environ) -> Response:
+        feed = self.feeds.get(name)
+        if feed is None or not _token_accepted(feed, environ):
+            return _not_found()
+        version = self.cache.get(name)
+        if version is None:
+            return _not_found()
+
+        representation = version.plain
+        if version.gzip is not None and accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING")):
+            representation = version.gzip
+        now = time.time()
+        headers = self._validator_headers(feed, version, representation, now)
+
+        if not_modified(
+            environ.get("HTTP_IF_NONE_MATCH"), environ.get("HTTP_IF_MODIFIED_SINCE"),
+            representation.etag, version.mtime, now,
+        ):
+            return Response(HTTPStatus.NOT_MODIFIED, headers)
+
+        headers += [
+            ("Content-Type", CALENDAR_TYPE),
+            ("Content-Disposition", f'inline; filename="{name}{FEED_SUFFIX}"'),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+        if representation is version.gzip:
+            headers.append(("Content-Encoding", "gzip"))
+        return Response(HTTPStatus.OK, headers, representation.data)
+
+    def _validator_headers(
+        self, feed: FeedSettings, version: FeedVersion, representation: Representation, now: float
+    ) -> list[tuple[str, str]]:
+        """Return the headers that a 200 and a 304 for the same representation share."""
+        # RFC 9110 forbids a Last-Modified later than the response, which a clock step back could produce.
+        last_modified = min(version.mtime, now)
+        scope = "public" if feed.public else "private"
+        headers = [
+            ("ETag", representation.etag),
+            ("Last-Modified", http_date(last_modified)),
+            ("Cache-Control", f"{scope}, max-age={self.max_age}"),
+        ]
+        if feed.gzip:
+            headers.append(("Vary", "Accept-Encoding"))
+        return headers
+
+    # Operator endpoints.
+
+    def _healthz(self, method: str, environ: Environ) -> Response:
+        return _require_read(method) or _text(HTTPStatus.OK, "ok\n")
+
+    def _readyz(self, method: str, environ: Environ) -> Response:
+        not_allowed = _require_read(method)
+        if not_allowed is not None:
+            return not_allowed
+
+        ready, reason = self._readiness()
+        return _text(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, f"{reason}\n")
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.status is not None:
+            return self.status.ready(datetime.now(UTC), self.config.sync.interval)
+
+        missing = [name for name in self.feeds if self.cache.get(name) is None]
+        if missing:
+            return False, f"not published yet: {', '.join(missing)}"
+        return True, "every feed is published"
+
+    def _metrics(self, method: str, environ: Environ) -> Response:
+        if self.metrics is None:
+            return _not_found()
+        not_allowed = _require_read(method)
+        if not_allowed is not None:
+            return not_allowed
+
+        body, content_type = self.metrics.render()
+        return Response(HTTPStatus.OK, [("Content-Type", content_type), ("Cache-Control", "no-store")], body)
+
+    def _sync(self, method: str, environ: Environ) -> Response:
+        admin_token = self.config.server.admin_token
+        if not admin_token or self.request_sync is None:
+            return _not_found()
+        if method != "POST":
+            return _method_not_allowed("POST")
+        if not _bearer_accepted(environ.get("HTTP_AUTHORIZATION", ""), admin_token):
+            log.warning("rejected POST /sync from %s: missing or invalid bearer token", environ.get("REMOTE_ADDR", "-"))
+            return _json(HTTPStatus.UNAUTHORIZED, {"error": "missing or invalid bearer token"},
+                         [("WWW-Authenticate", 'Bearer realm="calsync"')])
+
+        if self.request_sync():
+            log.info("sync requested over HTTP by %s", environ.get("REMOTE_ADDR", "-"))
+            return _json(HTTPStatus.ACCEPTED, {"queued": True})
+        return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"queued": False, "error": "the daemon is shutting down"})
+
+
+# Authentication.
+
+
+def _token_accepted(feed: FeedSettings, environ: Environ) -> bool:
+    """Check the ``token`` query parameter.
+
+    A public feed needs no token, and a feed without a token rejects every request.
+    """
+    if feed.public:
+        return True
+    if not feed.token:
+        return False
+    received = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).get("token", [""])[0]
+    return _secrets_equal(received, feed.token)
+
+
+def _bearer_accepted(authorization: str, expected: str) -> bool:
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and _secrets_equal(credentials.strip(), expected)
+
+
+def _secrets_equal(received: str, expected: str) -> bool:
+    """Compare in constant time. Hashing both values first keeps their lengths from showing in the timing too."""
+    received_digest = hashlib.sha256(received.encode("utf-8", "surrogateescape")).digest()
+    expected_digest = hashlib.sha256(expected.encode("utf-8")).digest()
+    return hmac.compare_digest(received_digest, expected_digest)
+
+
+# Responses and the access log.
+
+
+def _text(status: HTTPStatus, text: str, extra: Iterable[tuple[str, str]] = ()) -> Response:
+    body = text.encode("utf-8")
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Cache-Control", "no-store"),
+        *extra,
+    ]
+    return Response(status, headers, body)
+
+
+def _json(status: HTTPStatus, document: dict[str, Any], extra: Iterable[tuple[str, str]] = ()) -> Response:
+    body = (json.dumps(document) + "\n").encode("utf-8")
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Cache-Control", "no-store"),
+        *extra,
+    ]
+    return Response(status, headers, body)
+
+
+def _not_found() -> Response:
+    return _text(HTTPStatus.NOT_FOUND, NOT_FOUND_BODY.decode())
+
+
+def _method_not_allowed(allowed: str) -> Response:
+    return _text(HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed\n", [("Allow", allowed)])
+
+
+def _require_read(method: str) -> Response | None:
+    """Return a 405 response unless ``method`` is GET or HEAD."""
+    return None if method in ("GET", "HEAD") else _method_not_allowed(READ_METHODS)
+
+
+def _log_access(environ: Environ, method: str, path: str, status: HTTPStatus, sent: int) -> None:
+    # The query string carries the feed token, so only the path is logged.
+    log.info(
+        "%s %s %s %d %d", environ.get("REMOTE_ADDR", "-"), _loggable(method), _loggable(path), status.value, sent,
+    )
+
+
+def _loggable(text: str) -> str:
+    """Percent-encode control characters and spaces, so that a request cannot forge log lines."""
+    return quote(text.encode("latin-1", "replace"), safe=LOGGED_PATH_SAFE)
+
+
+# Checks at start.
+
+
+def check_serving(config: Config) -> None:
+    """Raise ConfigError for the first feed that has no token and is not public.
+
+    ``load_config`` allows such a feed so that commands which do not serve
+    feeds work without a token. The server would reject every request for
+    it, so starting with one is a configuration mistake.
+    """
+    source = str(config.path) if config.path else DEFAULT_SOURCE
+    for feed in config.feeds:
+        if feed.public or feed.token:
+            continue
+        raise ConfigError(
+            f"feeds.{feed.name}.token",
+            source,
+            f"feed {feed.name!r} has no token and is not public",
+            "Set token or token_file for this feed (CALSYNC_FEED_TOKEN for a single feed), "
+            "or set public = true to serve it without a token",
+        )
+
+
+def public_feed_warnings(config: Config) -> list[str]:
+    """Return one warning for each feed that is served without a token."""
+    return [
+        f"feed {feed.name!r} is public: anyone who can reach the server can read it without a token"
+        for feed in config.feeds
+        if feed.public
+    ]
+
+
+def warn_public_feeds(config: Config) -> None:
+    """Log each of ``public_feed_warnings`` at WARNING."""
+    for warning in public_feed_warnings(config):
+        log.warning("%s", warning)
+
+
+def feed_url(base_url: str, feed: FeedSettings) -> str:
+    """Return the URL of a feed under ``base_url``, with its token when it has one."""
+    url = f"{base_url.rstrip('/')}{FEEDS_PREFIX}{feed.name}{FEED_SUFFIX}"
+    return f"{url}?{urlencode({'token': feed.token})}" if feed.token and not feed.public else url
+
+
+__all__ = [
+    "FeedApp",
+    "Response",
+    "check_serving",
+    "feed_url",
+    "make_server",
+    "public_feed_warnings",
+    "server_url",
+    "start_server_thread",
+    "stop_server",
+    "warn_public_feeds",
+]

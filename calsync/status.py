@@ -1,0 +1,96 @@
+"""The outcome of recent syncs, which decides whether ``/readyz`` reports the daemon ready.
+
+The daemon is ready once a sync has succeeded, and stops being ready when the
+last success is older than ``STALE_INTERVALS`` sync intervals, so that an
+orchestrator notices a daemon whose feeds no longer change. A restarted
+daemon reads its last success from the state store and is ready at once when
+that success is recent.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from calsync.durations import format_duration
+from calsync.store import STATE_FILE, StateStore
+
+# The daemon stays ready through two missed syncs in a row, but not through a third.
+STALE_INTERVALS = 3
+
+
+class ServiceStatus:
+    """Times of the last successful and the last failed sync of this daemon, safe to use from any thread.
+
+    ``last_success`` is the end of the last successful sync, or None before
+    the first one. Every datetime must be timezone-aware.
+    """
+
+    def __init__(self, last_success: datetime | None = None) -> None:
+        self._lock = threading.Lock()
+        self._last_success = last_success
+        self._last_failure: datetime | None = None
+        self._last_error: str | None = None
+        self._publish_failed = False
+
+    @classmethod
+    def from_store(cls, state_dir: Path) -> ServiceStatus:
+        """Create a status that starts from the last successful run in the state store of ``state_dir``.
+
+        A missing state database means no sync has run yet, and it is not created here.
+        """
+        if not (state_dir / STATE_FILE).exists():
+            return cls()
+        with StateStore.open_in(state_dir) as store:
+            run = store.last_success()
+        return cls(last_success=run.finished_at if run else None)
+
+    def record_success(self, finished_at: datetime) -> None:
+        with self._lock:
+            self._last_success = finished_at
+
+    def record_failure(self, finished_at: datetime, error: str, publish_failed: bool = False) -> None:
+        """Record a failed sync. ``publish_failed`` is true when the sync failed while writing a feed file."""
+        with self._lock:
+            self._last_failure = finished_at
+            self._last_error = error
+            self._publish_failed = publish_failed
+
+    @property
+    def last_success(self) -> datetime | None:
+        with self._lock:
+            return self._last_success
+
+    @property
+    def last_failure(self) -> datetime | None:
+        with self._lock:
+            return self._last_failure
+
+    @property
+    def last_error(self) -> str | None:
+        """Message of the last failed sync, or None if no sync has failed."""
+        with self._lock:
+            return self._last_error
+
+    @property
+    def publish_failed(self) -> bool:
+        """Whether the last failed sync failed while writing a feed file."""
+        with self._lock:
+            return self._publish_failed
+
+    def ready(self, now: datetime, interval: timedelta) -> tuple[bool, str]:
+        """Return whether the daemon is ready at ``now`` and a one-line reason.
+
+        The reason names the time of the last success, and never the error of
+        a failed sync, because ``/readyz`` needs no authentication.
+        """
+        last_success = self.last_success
+        if last_success is None:
+            return False, "no successful sync yet"
+
+        limit = interval * STALE_INTERVALS
+        stamp = last_success.isoformat(timespec="seconds")
+        if now - last_success > limit:
+            return False, f"last successful sync at {stamp} is older than {format_duration(limit)}"
+        return True, f"last successful sync at {stamp}"
