@@ -255,7 +255,12 @@ class SyncEngine:
         run.stats = asdict(stats)
         with store.transaction():
             store.add_run(run)
-        log.error("sync failed after %.2fs, feeds left as they were: %s", stats.seconds, error)
+        log.error(
+            "sync failed after %.2fs, feeds left as they were: %s", stats.seconds, error,
+            extra={"fields": {"event": "sync_failed", "error": str(error), **asdict(stats)}},
+        )
+        if isinstance(error, CalsyncError):
+            error.logged = True
 
     @staticmethod
     def _log_summary(stats: SyncStats) -> None:
@@ -266,6 +271,7 @@ class SyncEngine:
             stats.seconds, stats.pages, stats.details_fetched, stats.details_failed, stats.added,
             stats.changed, stats.removed, stats.skipped, stats.pending, events,
             ", ".join(stats.published) or "none (unchanged)",
+            extra={"fields": {"event": "sync_finished", **asdict(stats)}},
         )
 
 

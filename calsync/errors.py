@@ -24,7 +24,13 @@ from __future__ import annotations
 
 
 class CalsyncError(Exception):
-    """Base class of every error calsync raises on purpose."""
+    """Base class of every error calsync raises on purpose.
+
+    ``logged`` is set by the code that already logged the error, so that the
+    command line does not print the same failure twice.
+    """
+
+    logged: bool = False
 
 
 class ConfigError(CalsyncError):

@@ -21,7 +21,14 @@ from typing import Any
 from calsync import __version__
 from calsync.config import Config, FeedSettings
 from calsync.errors import MappingError, PublishError, StateError
-from calsync.mapping import CalendarHeader, MappingSettings, booking_end, parse_instant, render_calendar, render_event
+from calsync.mapping import (
+    CalendarHeader,
+    MappingSettings,
+    booking_end,
+    parse_instant,
+    render_calendar,
+    render_event,
+)
 from calsync.store import STATE_FILE, StateStore, StoredBooking
 
 log = logging.getLogger(__name__)

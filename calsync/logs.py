@@ -87,6 +87,8 @@ def configure_logging(level: str = "info", log_format: str = "text") -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    # APScheduler logs every job run at INFO; calsync's scheduler logs the events that matter itself.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
 
 
 def redact(secrets: Iterable[str]) -> None:

@@ -1,18 +1,27 @@
 """The sync engine against the sandbox API over loopback HTTP and a real SQLite file."""
 
+import json
 import math
+import threading
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 from freezegun import freeze_time
 
 from calsync.cashfin import CashfinClient
 from calsync.config import load_config
 from calsync.engine import SyncEngine, fingerprint
-from calsync.errors import AuthenticationError, ListingIncompleteError, TransportError
+from calsync.errors import (
+    AuthenticationError,
+    ListingIncompleteError,
+    SyncCancelledError,
+    TransportError,
+)
 from calsync.sandbox import Sandbox
 from calsync.store import StateStore
+from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 from tests.helpers import parse_both
 
 ANCHOR = date(2026, 1, 15)
@@ -329,3 +338,79 @@ def event_by_id(data: bytes, booking_id: str):
         if str(event["UID"]) == f"{booking_id}@test.calsync.invalid":
             return event
     raise AssertionError(f"no event for booking {booking_id}")
+
+
+@freeze_time(SYNC_TIME)
+def test_cancelled_sync_publishes_nothing(tmp_path, api):
+    engine = engine_for(tmp_path, api.base_url)
+    engine.run()
+    before = feed_file(tmp_path).read_bytes()
+    api.update(upcoming_scheduled_id(api), title="Must not be published")
+    cancel = threading.Event()
+    cancel.set()
+
+    with pytest.raises(SyncCancelledError):
+        engine.run(cancel=cancel)
+
+    assert feed_file(tmp_path).read_bytes() == before
+    with StateStore.open_in(tmp_path / "state") as store:
+        assert store.recent_runs()[0].outcome == "failed"
+
+
+class InflatingProxy:
+    """A WSGI proxy in front of the sandbox that can report a larger pagination.total than the rows it lists."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.extra_total = 0
+
+    def __call__(self, environ, start_response):
+        url = self.upstream + environ["PATH_INFO"]
+        query = environ.get("QUERY_STRING")
+        response = requests.get(
+            f"{url}?{query}" if query else url,
+            headers={"Authorization": environ.get("HTTP_AUTHORIZATION", "")},
+            timeout=10,
+        )
+        body = response.content
+        if self.extra_total and environ["PATH_INFO"].endswith("/list"):
+            document = response.json()
+            document["pagination"]["total"] += self.extra_total
+            body = json.dumps(document).encode()
+        start_response(f"{response.status_code} X", [("Content-Type", "application/json")])
+        return [body]
+
+
+@pytest.fixture
+def proxy(api):
+    inflating = InflatingProxy(api.base_url)
+    server = make_server(inflating, "127.0.0.1", 0)
+    start_server_thread(server)
+    inflating.base_url = server_url(server)
+    yield inflating
+    stop_server(server)
+
+
+@freeze_time(SYNC_TIME)
+def test_incomplete_listing_deletes_and_publishes_nothing(tmp_path, api, proxy):
+    engine = engine_for(tmp_path, proxy.base_url)
+    engine.run()
+    before = feed_file(tmp_path).read_bytes()
+    target = upcoming_scheduled_id(api)
+    api.delete(target)
+    proxy.extra_total = 1
+
+    with pytest.raises(ListingIncompleteError) as raised:
+        engine.run()
+
+    assert raised.value.expected == 250
+    assert raised.value.received == 249
+    assert feed_file(tmp_path).read_bytes() == before
+    with StateStore.open_in(tmp_path / "state") as store:
+        assert target in store.bookings()
+
+    proxy.extra_total = 0
+    result = engine.run()
+
+    assert result.stats.removed == 1
+    assert f"{target}@test.calsync.invalid" not in uids(feed_file(tmp_path).read_bytes())
