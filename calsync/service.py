@@ -1,0 +1,158 @@
+"""``calsync serve``: the scheduler and the feed server in one long-lived process.
+
+The scheduler runs a sync at start and every ``sync.interval``; the server
+answers feed requests from the last published bytes. On SIGTERM or SIGINT the
+service stops accepting requests, asks a running sync to stop before it
+commits or publishes, waits for it up to ``SHUTDOWN_SECONDS``, and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+
+from waitress.server import BaseWSGIServer
+
+from calsync.config import Config
+from calsync.engine import SyncEngine
+from calsync.errors import CalsyncError, ConfigError, LockHeldError, PublishError
+from calsync.metrics import Metrics, api_request_counts
+from calsync.scheduler import SyncScheduler
+from calsync.server import FeedApp, check_serving, warn_public_feeds
+from calsync.status import ServiceStatus
+from calsync.store import StateStore
+from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
+
+log = logging.getLogger(__name__)
+
+# Time a running sync gets to stop after SIGTERM or SIGINT before the process exits anyway.
+# Publishing is an atomic rename and the commit one SQLite transaction, so exiting mid-sync is safe.
+SHUTDOWN_SECONDS = 30.0
+# A scheduled sync that finds a cron 'calsync sync' running waits this long, then skips the tick.
+LOCK_WAIT_SECONDS = 30.0
+
+
+@dataclass
+class Service:
+    """The parts of a running ``calsync serve`` and the sync they share."""
+
+    config: Config
+    engine: SyncEngine = field(init=False)
+    status: ServiceStatus = field(init=False)
+    metrics: Metrics = field(init=False)
+    scheduler: SyncScheduler = field(init=False)
+    app: FeedApp = field(init=False)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    first_sync_done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.engine = SyncEngine(self.config)
+        self.status = ServiceStatus.from_store(self.config.sync.state_dir)
+        self.metrics = Metrics()
+        self.scheduler = SyncScheduler(self.sync_once, self.config.sync.interval)
+        request_sync = self.scheduler.request_now if self.config.server.admin_token else None
+        self.app = FeedApp(self.config, status=self.status, metrics=self.metrics, request_sync=request_sync)
+
+    def sync_once(self) -> None:
+        """Run one sync and record its outcome; errors are logged, not raised."""
+        try:
+            self._sync_and_record()
+        finally:
+            self.first_sync_done.set()
+
+    def _sync_and_record(self) -> None:
+        try:
+            result = self.engine.run(lock_wait=LOCK_WAIT_SECONDS, cancel=self.cancel)
+        except LockHeldError as error:
+            log.warning("skipped this sync: %s", error)
+        except CalsyncError as error:
+            self._record_failure(error)
+        except Exception as error:  # a bug must not stop the daemon; the next tick tries again
+            log.exception("sync failed with an unexpected error")
+            self._record_failure(error)
+        else:
+            finished = datetime.now(UTC)
+            self.status.record_success(finished)
+            self.metrics.observe_sync_success(result.stats, result.stats.bookings_by_status, finished)
+
+    def _record_failure(self, error: Exception) -> None:
+        stats = self.engine.last_stats
+        self.status.record_failure(datetime.now(UTC), str(error), publish_failed=isinstance(error, PublishError))
+        self.metrics.observe_sync_failure(stats.seconds, api_request_counts(stats.api_requests))
+
+
+def run_service(config: Config, on_started: Callable[[Service, str], None] | None = None) -> int:
+    """Serve feeds and sync on schedule until SIGTERM or SIGINT; return the exit code.
+
+    ``on_started`` is called on the main thread with the service and the
+    server's base URL once both run; ``calsync demo`` prints its links there.
+    """
+    check_serving(config)
+    warn_public_feeds(config)
+    with StateStore.open_in(config.sync.state_dir):
+        pass  # fail early, with exit code 1, when the state database cannot be opened
+
+    service = Service(config)
+    server = _bind(service.app, config)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+
+    server_thread = start_server_thread(server)
+    log.info("serving %d feed(s) on %s (pid %d)", len(config.feeds), server_url(server), os.getpid())
+    service.scheduler.start()
+    if on_started is not None:
+        on_started(service, server_url(server))
+    stop.wait()
+
+    _shut_down(service, server, server_thread)
+    return 0
+
+
+def _bind(app: FeedApp, config: Config) -> BaseWSGIServer:
+    try:
+        return make_server(app, config.server.host, config.server.port)
+    except OSError as error:
+        source = config.sources.get("server.listen", "default")
+        raise ConfigError(
+            "server.listen", source, f"cannot listen on {config.server.listen}: {_reason(error)}",
+            "Stop the other process on that port or set server.listen to a free address and port.",
+        ) from error
+
+
+def _reason(error: OSError) -> str:
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _shut_down(service: Service, server: BaseWSGIServer, server_thread: threading.Thread) -> None:
+    started = time.monotonic()
+    log.info("shutdown: closing the HTTP server")
+    if not stop_server(server):
+        log.warning("shutdown: the HTTP server did not stop in time; continuing")
+    server_thread.join(timeout=5)
+
+    log.info("shutdown: stopping the scheduler")
+    service.cancel.set()
+    service.scheduler.shutdown()
+    if service.scheduler.syncing:
+        log.info("shutdown: waiting up to %ds for the running sync to stop", SHUTDOWN_SECONDS)
+    if not service.scheduler.wait_idle(max(0.0, SHUTDOWN_SECONDS - (time.monotonic() - started))):
+        log.warning("shutdown: the sync did not stop in %ds; exiting without it", SHUTDOWN_SECONDS)
+        logging.shutdown()
+        os._exit(0)
+    log.info("shutdown complete")
