@@ -40,5 +40,12 @@ details = "busy"
 TOML
 
 .venv/bin/calsync --config "$work/calsync.toml" sync
-.venv/bin/calsync --config "$work/calsync.toml" sync
+first=$(sha256sum "$work/state/feeds/bookings.ics")
+
+# A second sync of unchanged data must fetch no details and leave the feed byte-identical.
+.venv/bin/calsync --config "$work/calsync.toml" sync 2>"$work/second.log"
+cat "$work/second.log"
+grep -q " 0 details fetched" "$work/second.log" || { echo "second sync fetched details" >&2; exit 1; }
+[ "$first" = "$(sha256sum "$work/state/feeds/bookings.ics")" ] || { echo "second sync changed the feed" >&2; exit 1; }
+
 ../shared/tools/icscheck "$work/state/feeds/bookings.ics" "$work/state/feeds/busy.ics"
