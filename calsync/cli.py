@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--secret", default="sandbox-secret", help="client secret the sandbox accepts")
     sandbox.add_argument("--count", type=int, default=300, help="number of bookings to generate (default: 300)")
     sandbox.add_argument("--seed", type=int, default=7, help="random seed of the generated data (default: 7)")
+    sandbox.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="delay every response by this many milliseconds, like a network round trip (default: 0)",
+    )
     sandbox.set_defaults(command=cmd_sandbox)
 
     demo = commands.add_parser("demo", help="run the sandbox, sync from it and serve the feed on loopback")
@@ -217,7 +223,14 @@ def print_config(config: Config) -> None:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from calsync.sandbox import Sandbox
 
-    sandbox = Sandbox(secret=args.secret, count=args.count, seed=args.seed, host=args.host, port=args.port)
+    sandbox = Sandbox(
+        secret=args.secret,
+        count=args.count,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+        latency_ms=args.latency_ms,
+    )
     base_url = sandbox.start()
     print(f"Cashfin sandbox with {args.count} bookings at {base_url}")
     print(f"use: CASHFIN_CLIENT_SECRET={args.secret} with cashfin.base_url = \"{base_url}\"; Ctrl-C stops it")

@@ -1037,13 +1037,17 @@ class _CashfinApp:
     then the ``Authorization`` header (401).
     """
 
-    def __init__(self, store: _BookingStore, secret: str, stats: _RequestStats) -> None:
+    def __init__(self, store: _BookingStore, secret: str, stats: _RequestStats, latency: float = 0.0) -> None:
         self._store = store
         self._secret = secret.encode("utf-8")
         self._stats = stats
+        # Seconds every response is held back, so that wall time on loopback reflects round trips.
+        self.latency = latency
 
     def __call__(self, environ: JsonDict, start_response: Callable[..., Any]) -> list[bytes]:
         started = time.perf_counter()
+        if self.latency > 0:
+            time.sleep(self.latency)
         method = environ.get("REQUEST_METHOD", "GET")
         path, target = _request_path_and_target(environ)
         route, raw_id = _match_route(path)
@@ -1185,6 +1189,7 @@ class Sandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         threads: int = 8,
+        latency_ms: float = 0.0,
     ) -> None:
         """Prepare the data set without serving it yet.
 
@@ -1192,6 +1197,9 @@ class Sandbox:
         ``generate_bookings(count, seed, anchor)``. ``anchor`` (default: today's
         UTC date) also sets the ``createdat`` given to bookings added to an
         empty sandbox. ``threads`` is the number of waitress worker threads.
+        ``latency_ms`` delays every response by that many milliseconds, as a
+        network round trip would; it can be changed while serving through
+        ``latency_ms``.
         """
         if not secret:
             raise ValueError(
@@ -1207,7 +1215,9 @@ class Sandbox:
         self._secret = secret
         self._store = _BookingStore(bookings, snapshot_time(anchor))
         self._stats = _RequestStats()
-        self._app = _CashfinApp(self._store, secret, self._stats)
+        if latency_ms < 0:
+            raise ValueError(f"latency_ms must not be negative, got {latency_ms}")
+        self._app = _CashfinApp(self._store, secret, self._stats, latency_ms / 1000)
         self._host = host
         self._port = port
         self._threads = threads
@@ -1235,6 +1245,17 @@ class Sandbox:
     def running(self) -> bool:
         """True while the server accepts requests."""
         return self._base_url is not None
+
+    @property
+    def latency_ms(self) -> float:
+        """Milliseconds by which every response is delayed."""
+        return self._app.latency * 1000
+
+    @latency_ms.setter
+    def latency_ms(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"latency_ms must not be negative, got {value}")
+        self._app.latency = value / 1000
 
     def start(self) -> str:
         """Bind the socket, start waitress on a daemon thread and return the base URL.

@@ -850,3 +850,16 @@ def wait_until(condition: Any, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+def test_latency_delays_each_response() -> None:
+    # Checks the setting reaches the application, not the clock: tests never assert durations.
+    with Sandbox(count=3, anchor=SANDBOX_ANCHOR, latency_ms=20) as sandbox:
+        assert sandbox.latency_ms == 20
+        sandbox.latency_ms = 0
+        assert sandbox.latency_ms == 0
+
+
+def test_negative_latency_rejected() -> None:
+    with pytest.raises(ValueError, match="latency_ms"):
+        Sandbox(count=1, latency_ms=-1)

@@ -214,3 +214,27 @@ def test_busy_port_fails_with_clear_error(tmp_path, api):
     assert "Traceback" not in stderr
     assert f"cannot listen on 127.0.0.1:{port}" in stderr
     assert "server.listen" in stderr
+
+
+def test_sigterm_abandons_running_sync_without_publishing(tmp_path):
+    with Sandbox(secret=SECRET, count=200, latency_ms=50) as slow:
+        config = write_config(tmp_path, slow.base_url, free_port())
+        # One request at a time at 50 ms each: the first sync needs 10 s, far longer than the test waits.
+        config.write_text(config.read_text().replace(f'client_secret = "{SECRET}"', f'client_secret = "{SECRET}"\nconcurrency = 1'))
+        process = start_serve(config)
+        try:
+            deadline = time.monotonic() + WAIT
+            while slow.request_counts()["details"] < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stderr = stop(process)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        details_requested = slow.request_counts()["details"]
+
+    assert process.returncode == 0
+    assert details_requested < 200
+    assert "sync abandoned" in stderr
+    assert "shutdown complete" in stderr
+    assert not (tmp_path / "state" / "feeds" / "bookings.ics").exists()
