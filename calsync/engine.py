@@ -1,11 +1,11 @@
 """The sync engine: list, plan, fetch, commit, render, publish.
 
-One ``SyncEngine.run`` pages through every booking, plans which details to
-fetch (new and changed bookings, bookings without details, and a bounded
-share of stale details), fetches them concurrently, commits everything in one
-SQLite transaction, and then renders and publishes every feed. It decides what
-changed before it touches a feed, so a sync that fails at any step publishes
-nothing and the last good feeds stay in place.
+One ``SyncEngine.run`` pages through every booking and plans which details to
+fetch: new and changed bookings, bookings without details, and a bounded
+share of stale details. It fetches them concurrently and commits everything
+in one SQLite transaction. Only then does it render and publish every feed,
+so a sync that fails at any step publishes nothing and the last good feeds
+stay in place.
 
 This module never imports the CLI or the feed server.
 """
@@ -59,7 +59,7 @@ class SyncStats:
 
 @dataclass
 class Plan:
-    """What one sync will do, decided from the listing and the stored state alone.
+    """The actions of one sync, decided from the listing and the stored state alone.
 
     ``fetch`` is every id whose details are needed: ``new`` and ``changed``
     ids, ids stored without details, and ``refresh`` (stale details, at most
@@ -325,6 +325,11 @@ def _updated_booking(
     now: datetime,
 ) -> StoredBooking:
     """Return the booking to store, keeping the last known details when none were fetched."""
+    details = known.details if known else None
+    details_fetched_at = known.details_fetched_at if known else None
+    if fresh_details is not None:
+        details, details_fetched_at = fresh_details, now
+
     booking = StoredBooking(
         id=booking_id,
         row=row,
@@ -332,8 +337,8 @@ def _updated_booking(
         significant="",
         first_seen=known.first_seen if known else now,
         last_seen=now,
-        details=fresh_details if fresh_details is not None else (known.details if known else None),
-        details_fetched_at=now if fresh_details is not None else (known.details_fetched_at if known else None),
+        details=details,
+        details_fetched_at=details_fetched_at,
     )
     booking.significant = significant_hash(booking.record() or row)
     booking.sequence = _next_sequence(known, booking.significant)

@@ -3,8 +3,8 @@
 Rendering is deterministic: events are ordered by start then id, and every
 timestamp comes from the bookings, so unchanged state renders to identical
 bytes. Publishing writes a temporary file beside the target, fsyncs it and
-renames it over the target, so a reader sees the old file or the new one and
-never a partial one; identical bytes are not rewritten.
+renames it over the target. A reader therefore sees the old file or the new
+one, never a partial one. Identical bytes are not rewritten.
 """
 
 from __future__ import annotations
