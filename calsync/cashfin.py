@@ -186,7 +186,7 @@ class CashfinClient:
             backoff_max=min(30.0, budget),
             backoff_jitter=backoff_factor,
             respect_retry_after_header=True,
-            retry_after_max=int(budget),
+            retry_after_max=max(1, math.ceil(budget)),
             raise_on_status=False,
             budget=budget,
         )
