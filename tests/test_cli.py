@@ -272,3 +272,23 @@ def read_demo_output(demo: subprocess.Popen) -> tuple[str, str]:
     assert url, "the demo printed no feed URL"
     assert state_dir, "the demo printed no state directory"
     return url, state_dir
+
+
+def test_check_show_config_masks_secrets_and_names_sources(tmp_path, api, capsys, monkeypatch):
+    config = write_config(tmp_path, api.base_url)
+    monkeypatch.setenv("CALSYNC_SYNC_INTERVAL", "10m")
+
+    code = main(["--config", str(config), "check", "--show-config"])
+
+    output = capsys.readouterr().out
+    assert code == 0
+    assert SECRET not in output
+    assert "cli-token" not in output
+    assert "********" in output
+    interval = next(line for line in output.splitlines() if "sync.interval" in line)
+    assert "10m" in interval
+    assert "CALSYNC_SYNC_INTERVAL" in interval
+    base_url = next(line for line in output.splitlines() if "cashfin.base_url" in line)
+    assert str(config) in base_url
+    timeout = next(line for line in output.splitlines() if "cashfin.timeout" in line)
+    assert "default" in timeout
