@@ -35,6 +35,8 @@ Command = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_choice(parser, "--log-level", "CALSYNC_LOG_LEVEL", args.log_level, LEVELS)
+    _check_choice(parser, "--log-format", "CALSYNC_LOG_FORMAT", args.log_format, FORMATS)
     configure_logging(args.log_level, args.log_format)
 
     command: Command = args.command
@@ -54,6 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("interrupted")
         return 130
+    except OSError as error:
+        log.error("%s%s", error.strerror or error, f": {error.filename}" if error.filename else "")
+        log.debug("traceback of the error above", exc_info=True)
+        return EXIT_SYNC_FAILED
+    except Exception:
+        log.exception("unexpected error; please report it with the traceback above (secrets are masked)")
+        return EXIT_SYNC_FAILED
+
+
+def _check_choice(parser: argparse.ArgumentParser, option: str, variable: str, value: str, choices: Sequence[str]) -> None:
+    """Reject a value from the environment as argparse rejects one from the command line (exit 2)."""
+    if value not in choices:
+        parser.error(f"invalid {option} {value!r} (from {option} or ${variable}); choose from {', '.join(choices)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--show-config",
         action="store_true",
-        help="also print every effective setting with its source (default, file or environment), secrets masked",
+        help="print every effective setting with its source (default, file or environment), secrets masked, "
+        "instead of contacting the API",
     )
     check.set_defaults(command=cmd_check)
 
@@ -168,6 +184,9 @@ def cmd_urls(args: argparse.Namespace) -> int:
     config = load(args, require_secret=False)
     for problem in public_url_problems(config):
         log.warning("%s", problem)
+    for feed in config.feeds:
+        if not feed.token and not feed.public:
+            log.warning("feed %s has no token and is not public, so its links get 404; set its token", feed.name)
 
     for feed in config.feeds:
         links = feed_links(config, feed)
@@ -195,17 +214,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         from calsync.feeds import publish
 
-        publish(Path(args.output), data)
+        publish(Path(args.output), data, mode=None)
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from calsync.cashfin import client_for
+    from calsync.server import serving_problems
 
-    config = load(args)
+    config = load(args, require_secret=not args.show_config)
     print(f"config: {config.path or 'defaults and environment'} is valid, {len(config.feeds)} feed(s)")
+    for problem in serving_problems(config):
+        log.warning("%s", problem)
     if args.show_config:
         print_config(config)
+        return EXIT_OK
+
     with client_for(config) as client:
         total = client.count_bookings()
     print(f"api: {config.cashfin.base_url} accepted the client secret and reports {total} bookings")
@@ -223,6 +247,12 @@ def print_config(config: Config) -> None:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from calsync.sandbox import Sandbox
 
+    if args.count < 0:
+        log.error("--count must be 0 or more, got %d", args.count)
+        return EXIT_USAGE
+    if not 0 <= args.port <= 65535:
+        log.error("--port must be from 0 to 65535, got %d", args.port)
+        return EXIT_USAGE
     sandbox = Sandbox(
         secret=args.secret,
         count=args.count,
@@ -231,7 +261,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         port=args.port,
         latency_ms=args.latency_ms,
     )
-    base_url = sandbox.start()
+    try:
+        base_url = sandbox.start()
+    except OSError as error:
+        log.error("%s", error.strerror or error)
+        return EXIT_USAGE
     print(f"Cashfin sandbox with {args.count} bookings at {base_url}")
     print(f"use: CASHFIN_CLIENT_SECRET={args.secret} with cashfin.base_url = \"{base_url}\"; Ctrl-C stops it")
     try:

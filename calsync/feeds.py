@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from calsync.store import STATE_FILE, StateStore, StoredBooking
 log = logging.getLogger(__name__)
 
 FEEDS_DIR = "feeds"
+# Published feeds are meant to be served, also by a separate web server, so they are world-readable.
+FEED_FILE_MODE = 0o644
 
 
 @dataclass
@@ -127,14 +130,24 @@ def _render_one(booking: StoredBooking, settings: MappingSettings) -> bytes:
     return render_event(record, sequence=booking.sequence, settings=settings, fallback_stamp=booking.first_seen)
 
 
-def publish(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` atomically; return False when the file already held these bytes."""
-    if _holds(path, data):
-        return False
+def publish(path: Path, data: bytes, mode: int | None = FEED_FILE_MODE) -> bool:
+    """Write ``data`` to ``path`` atomically; return False when the file already held these bytes.
 
+    A symbolic link is followed and its target replaced. A path that is not
+    a regular file (a device such as /dev/null, or a FIFO) is written to in
+    place, because renaming over it would replace the device itself. The
+    file gets ``mode``; with None, a replaced file keeps its mode and a new
+    one gets 0666 less the umask, as ``open()`` would give it.
+    """
+    target = path.resolve()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(path, data)
+        if target.exists() and not target.is_file():
+            _write_in_place(target, data)
+            return True
+        if _holds(target, data):
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _replace_atomically(target, data, mode if mode is not None else _default_mode(target))
     except OSError as error:
         raise PublishError(str(path), error.strerror or str(error)) from error
     log.info("published %s (%d bytes)", path, len(data))
@@ -148,14 +161,37 @@ def _holds(path: Path, data: bytes) -> bool:
         return False
 
 
-def _replace_atomically(path: Path, data: bytes) -> None:
+def _write_in_place(path: Path, data: bytes) -> None:
+    with open(path, "wb") as file:
+        file.write(data)
+
+
+def _default_mode(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    """Read the umask without changing it, which would race with other threads creating files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _replace_atomically(path: Path, data: bytes, mode: int) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 import threading
 from datetime import date, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from calsync.errors import (
     SyncCancelledError,
     TransportError,
 )
+from calsync.feeds import publish
 from calsync.sandbox import Sandbox
 from calsync.store import StateStore
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
@@ -414,3 +417,34 @@ def test_incomplete_listing_deletes_and_publishes_nothing(tmp_path, api, proxy):
 
     assert result.stats.removed == 1
     assert f"{target}@test.calsync.invalid" not in uids(feed_file(tmp_path).read_bytes())
+
+
+def test_publish_keeps_devices_and_follows_links(tmp_path):
+    target = tmp_path / "target.ics"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.ics"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo.ics"
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: fifo.read_bytes())
+    reader.start()
+
+    assert publish(link, b"new")
+    assert publish(fifo, b"through the pipe")
+    reader.join(10)
+
+    assert link.is_symlink()
+    assert target.read_bytes() == b"new"
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_publish_mode_none_follows_umask(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        publish(tmp_path / "private.ics", b"data", mode=None)
+        publish(tmp_path / "feed.ics", b"data")
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE((tmp_path / "private.ics").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "feed.ics").stat().st_mode) == 0o644
