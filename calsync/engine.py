@@ -26,7 +26,12 @@ from typing import Any
 
 from calsync.cashfin import CashfinClient, DetailsResult, Listing, client_for
 from calsync.config import Config
-from calsync.errors import CalsyncError, ListingIncompleteError, SyncCancelledError
+from calsync.errors import (
+    CalsyncError,
+    ListingIncompleteError,
+    StateError,
+    SyncCancelledError,
+)
 from calsync.feeds import RenderedFeed, publish, render_feed
 from calsync.lock import sync_lock
 from calsync.mapping import significant_fields
@@ -253,10 +258,15 @@ class SyncEngine:
         run.seconds = stats.seconds
         run.error = str(error)
         run.stats = asdict(stats)
-        with store.transaction():
-            store.add_run(run)
-        log.error(
-            "sync failed after %.2fs, feeds left as they were: %s", stats.seconds, error,
+        try:
+            with store.transaction():
+                store.add_run(run)
+        except StateError as state_error:
+            log.warning("could not record the failed run: %s", state_error)
+        # A sync stopped by shutdown is expected, so it must not raise an ERROR alert.
+        level = logging.INFO if isinstance(error, SyncCancelledError) else logging.ERROR
+        log.log(
+            level, "sync failed after %.2fs, feeds left as they were: %s", stats.seconds, error,
             extra={"fields": {"event": "sync_failed", "error": str(error), **asdict(stats)}},
         )
         if isinstance(error, CalsyncError):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from calsync.errors import LockHeldError
+from calsync.errors import LockHeldError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,21 @@ def sync_lock(state_dir: Path, wait: float = 5.0) -> Iterator[None]:
 
     Raise ``LockHeldError`` naming the holder when the wait runs out.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / LOCK_FILE
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise StateError(str(path), f"cannot open the lock file: {error.strerror or error}") from error
+
     try:
         _acquire(descriptor, path, wait)
         _write_holder(descriptor)
-        yield
+        try:
+            yield
+        finally:
+            # An empty file tells the next waiter that whoever holds the lock now is not calsync.
+            os.ftruncate(descriptor, 0)
     finally:
         os.close(descriptor)
 
@@ -64,6 +72,6 @@ def _write_holder(descriptor: int) -> None:
 
 def _read_holder(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
+        return path.read_text(encoding="utf-8", errors="replace").strip()[:200]
     except OSError:
         return ""

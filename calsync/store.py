@@ -23,6 +23,10 @@ from calsync.errors import StateError
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.sqlite3"
+REBUILD_HINT = (
+    "If the file is damaged, move it aside and run 'calsync sync': a full sync rebuilds it from the API, "
+    "keeping every event's UID but restarting SEQUENCE numbers and the sync history"
+)
 
 # MIGRATIONS[n] lists the statements that upgrade a database from user_version n to n + 1.
 MIGRATIONS: list[list[str]] = [
@@ -110,14 +114,16 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self.connection = sqlite3.connect(path, isolation_level=None, timeout=30)
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=FULL")
             self._migrate()
+        except OSError as error:
+            raise StateError(str(path), f"cannot create its directory: {error.strerror or error}") from error
         except sqlite3.DatabaseError as error:
-            raise StateError(str(path), f"cannot open: {error}") from error
+            raise StateError(str(path), f"cannot open: {error}. {REBUILD_HINT}") from error
 
     @classmethod
     def open_in(cls, state_dir: Path) -> StateStore:
@@ -151,13 +157,19 @@ class StateStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Run the block in one IMMEDIATE transaction: all of its writes land, or none."""
-        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            self.connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise StateError(str(self.path), f"cannot write: {error}") from error
         try:
             yield self.connection
+            self.connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            self.connection.execute("ROLLBACK")
+            raise StateError(str(self.path), f"cannot write: {error}. {REBUILD_HINT}") from error
         except BaseException:
             self.connection.execute("ROLLBACK")
             raise
-        self.connection.execute("COMMIT")
 
     # -- bookings -----------------------------------------------------------
 
@@ -165,9 +177,12 @@ class StateStore:
         query = "SELECT * FROM bookings"
         if not include_removed:
             query += " WHERE removed_at IS NULL"
-        cursor = self.connection.execute(query)
-        columns = [description[0] for description in cursor.description]
-        return {row[0]: _booking_from_row(dict(zip(columns, row))) for row in cursor}
+        try:
+            cursor = self.connection.execute(query)
+            columns = [description[0] for description in cursor.description]
+            return {row[0]: _booking_from_row(dict(zip(columns, row))) for row in cursor}
+        except sqlite3.Error as error:
+            raise StateError(str(self.path), f"cannot read bookings: {error}. {REBUILD_HINT}") from error
 
     def save_bookings(self, bookings: Iterable[StoredBooking]) -> None:
         """Insert or replace bookings; call inside ``transaction()``."""
@@ -205,19 +220,19 @@ class StateStore:
         )
 
     def recent_runs(self, limit: int = 50) -> list[RunRecord]:
-        cursor = self.connection.execute(
-            "SELECT id, started_at, finished_at, seconds, outcome, error, stats_json FROM runs"
-            " ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        return [_run_from_row(row) for row in cursor]
+        rows = self._read_runs("ORDER BY id DESC LIMIT ?", (limit,))
+        return [_run_from_row(row) for row in rows]
 
     def last_success(self) -> RunRecord | None:
-        row = self.connection.execute(
-            "SELECT id, started_at, finished_at, seconds, outcome, error, stats_json FROM runs"
-            " WHERE outcome = 'success' ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        return _run_from_row(row) if row else None
+        rows = self._read_runs("WHERE outcome = 'success' ORDER BY id DESC LIMIT 1", ())
+        return _run_from_row(rows[0]) if rows else None
+
+    def _read_runs(self, clause: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        query = f"SELECT id, started_at, finished_at, seconds, outcome, error, stats_json FROM runs {clause}"
+        try:
+            return self.connection.execute(query, parameters).fetchall()
+        except sqlite3.Error as error:
+            raise StateError(str(self.path), f"cannot read sync runs: {error}. {REBUILD_HINT}") from error
 
 
 def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
