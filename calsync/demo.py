@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from calsync.config import Config, load_config
+from calsync.errors import ConfigError
 from calsync.sandbox import Sandbox
 from calsync.server import feed_url
 from calsync.service import Service, run_service
@@ -90,7 +91,12 @@ def run_demo(port: int = 8080, count: int = 300, state_dir: str | None = None) -
         base_url = sandbox.start()
         log.info("sandbox API with %d bookings listening on %s", count, base_url)
         config = load_demo_config(write_demo_config(directory, base_url, port or free_port()))
-        return run_service(config, on_started=_print_links)
+        try:
+            return run_service(config, on_started=_print_links)
+        except ConfigError as error:
+            if error.key != "server.listen":
+                raise
+            raise ConfigError("--port", "the command line", error.problem, "Choose another --port, or --port 0 for any free one") from error
     finally:
         sandbox.stop()
         if temporary:

@@ -21,10 +21,20 @@ LEVELS = ("debug", "info", "warning", "error")
 HANDLER_NAME = "calsync-stderr"
 
 
-class JsonFormatter(logging.Formatter):
-    """Format each record as one JSON object on one line."""
+class RedactingFormatter(logging.Formatter):
+    """A text formatter whose output, traceback included, never shows a registered secret."""
 
     def format(self, record: logging.LogRecord) -> str:
+        return _redactor.redact(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """Format each record as one JSON object on one line, secrets redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _redactor.redact(self._format_json(record))
+
+    def _format_json(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -42,9 +52,9 @@ class JsonFormatter(logging.Formatter):
 class RedactSecrets(logging.Filter):
     """Replace every configured secret in a record's final message with ``REDACTED``.
 
-    calsync never passes a secret to a log call on purpose; this filter is the
-    second line of defence against one arriving inside an exception text or a
-    URL from a library.
+    calsync never passes a secret to a log call on purpose; this filter and
+    the formatters are the second line of defence against one arriving inside
+    an exception text, a traceback or a URL from a library.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -56,13 +66,16 @@ class RedactSecrets(logging.Filter):
         # Longest first, so a secret that contains another is replaced whole.
         self.secrets = tuple(sorted({secret for secret in secrets if len(secret) >= 4}, key=len, reverse=True))
 
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
         message = record.getMessage()
-        redacted = message
-        for secret in self.secrets:
-            redacted = redacted.replace(secret, REDACTED)
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
@@ -77,7 +90,7 @@ def configure_logging(level: str = "info", log_format: str = "text") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     handler.addFilter(_redactor)
     handler.set_name(HANDLER_NAME)
 
@@ -87,8 +100,10 @@ def configure_logging(level: str = "info", log_format: str = "text") -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
-    # APScheduler logs every job run at INFO; calsync's scheduler logs the events that matter itself.
+    # APScheduler logs every job run at INFO, and urllib3 logs each retry that calsync's
+    # client already logs; calsync logs the events that matter itself.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("urllib3").setLevel(max(logging.ERROR, root.level))
 
 
 def redact(secrets: Iterable[str]) -> None:

@@ -267,8 +267,8 @@ def new_calendar(header: CalendarHeader) -> icalendar.Calendar:
     calendar.add("version", "2.0")
     calendar.add("calscale", "GREGORIAN")
     if title:
-        calendar.add("name", title)
-        calendar.add("x-wr-calname", title)
+        calendar.add("name", ExactText(title))
+        calendar.add("x-wr-calname", ExactText(title))
     if _clean_line(header.timezone_name):
         calendar.add("x-wr-timezone", _clean_line(header.timezone_name))
     calendar.add("refresh-interval", header.refresh_interval, parameters={"VALUE": "DURATION"})

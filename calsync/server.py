@@ -333,6 +333,15 @@ def check_serving(config: Config) -> None:
         )
 
 
+def serving_problems(config: Config) -> list[str]:
+    """Return what would stop ``calsync serve`` from starting with this config, as sentences."""
+    try:
+        check_serving(config)
+    except ConfigError as error:
+        return [f"calsync serve would refuse this config: {error}"]
+    return []
+
+
 def public_feed_warnings(config: Config) -> list[str]:
     """Return one warning for each feed that is served without a token."""
     return [
@@ -358,6 +367,7 @@ __all__ = [
     "FeedApp",
     "Response",
     "check_serving",
+    "serving_problems",
     "feed_url",
     "make_server",
     "public_feed_warnings",

@@ -56,6 +56,9 @@ class Service:
         self.engine = SyncEngine(self.config)
         self.status = ServiceStatus.from_store(self.config.sync.state_dir)
         self.metrics = Metrics()
+        if self.status.last_success is not None:
+            # After a restart the gauge starts from the stored run, as /readyz does, so staleness alerts hold.
+            self.metrics.last_success.set(self.status.last_success.timestamp())
         self.scheduler = SyncScheduler(self.sync_once, self.config.sync.interval)
         request_sync = self.scheduler.request_now if self.config.server.admin_token else None
         self.app = FeedApp(self.config, status=self.status, metrics=self.metrics, request_sync=request_sync)

@@ -292,3 +292,78 @@ def test_check_show_config_masks_secrets_and_names_sources(tmp_path, api, capsys
     assert str(config) in base_url
     timeout = next(line for line in output.splitlines() if "cashfin.timeout" in line)
     assert "default" in timeout
+
+
+def test_bad_log_level_from_environment_exits_two():
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))}
+    environment["CALSYNC_LOG_LEVEL"] = "verbose"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "calsync", "urls"], capture_output=True, text=True, timeout=60, env=environment
+    )
+
+    assert result.returncode == 2
+    assert "CALSYNC_LOG_LEVEL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_state_database_explained(tmp_path, api):
+    config = write_config(tmp_path, api.base_url)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.sqlite3").write_bytes(b"not a database " * 100)
+
+    result = run_cli("--config", str(config), "sync")
+
+    assert result.returncode == 1
+    assert "state.sqlite3" in result.stderr
+    assert "move it aside" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_state_dir_under_a_file_explained(tmp_path, api):
+    config = write_config(tmp_path, api.base_url)
+    (tmp_path / "state").write_text("a file where the state directory should be")
+
+    result = run_cli("--config", str(config), "sync")
+
+    assert result.returncode == 1
+    assert "sync.lock" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unexpected_error_exits_one(tmp_path, api, caplog, monkeypatch):
+    config = write_config(tmp_path, api.base_url)
+
+    def explode(self, lock_wait=5.0, cancel=None):
+        raise RuntimeError(f"bug while holding {SECRET}")
+
+    monkeypatch.setattr("calsync.engine.SyncEngine.run", explode)
+    code = main(["--config", str(config), "sync"])
+
+    assert code == 1
+    assert "unexpected error" in caplog.text
+
+
+def test_check_warns_when_serve_would_refuse(tmp_path, api, caplog):
+    config = tmp_path / "calsync.toml"
+    config.write_text(
+        f'[cashfin]\nbase_url = "{api.base_url}"\nclient_secret = "{SECRET}"\n'
+        f'[sync]\nstate_dir = "{(tmp_path / "state").as_posix()}"\n'
+    )
+
+    code = main(["--config", str(config), "check"])
+
+    assert code == 0
+    assert "calsync serve would refuse" in caplog.text
+
+
+def test_demo_busy_port_names_the_option(tmp_path):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = run_cli("demo", "--port", str(port), "--count", "5")
+
+    assert result.returncode == 2
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -107,3 +107,22 @@ token = "json-feed-token"
     assert summaries[0]["details_fetched"] == 30
     assert "json-log-secret" not in result.stderr
     assert "json-feed-token" not in result.stderr
+
+
+def test_traceback_text_redacted():
+    from calsync.logs import RedactingFormatter, redact
+
+    redact(["traceback-secret-value"])
+    try:
+        raise ValueError("header contains traceback-secret-value")
+    except ValueError:
+        import sys as system
+
+        record = logging.LogRecord("calsync", logging.ERROR, __file__, 1, "failed", (), system.exc_info())
+
+    text = RedactingFormatter().format(record)
+    line = JsonFormatter().format(record)
+
+    assert "traceback-secret-value" not in text
+    assert REDACTED in text
+    assert "traceback-secret-value" not in line

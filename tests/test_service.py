@@ -238,3 +238,25 @@ def test_sigterm_abandons_running_sync_without_publishing(tmp_path):
     assert "sync abandoned" in stderr
     assert "shutdown complete" in stderr
     assert not (tmp_path / "state" / "feeds" / "bookings.ics").exists()
+
+
+def test_restart_keeps_last_success_in_metrics_and_readiness(tmp_path, api):
+    port = free_port()
+    config = write_config(tmp_path, api.base_url, port)
+    first = start_serve(config)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz", 200)
+    finally:
+        stop(first)
+    config.write_text(config.read_text().replace(api.base_url, "http://127.0.0.1:9"))
+
+    second = start_serve(config)
+    try:
+        ready = wait_for(f"http://127.0.0.1:{port}/readyz", 200)
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    finally:
+        stop(second)
+
+    assert ready.status_code == 200
+    gauge = next(line for line in metrics.splitlines() if line.startswith("calsync_last_success_timestamp_seconds "))
+    assert float(gauge.split()[1]) > 0
