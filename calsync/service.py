@@ -1,13 +1,14 @@
 """``calsync serve``: the scheduler and the feed server in one long-lived process.
 
 The scheduler runs a sync at start and every ``sync.interval``; the server
-answers feed requests from the last published bytes. On SIGTERM or SIGINT the
-service stops accepting requests, asks a running sync to stop before it
+answers feed requests from the last published bytes. On SIGTERM, SIGINT or SIGHUP
+the service stops accepting requests, asks a running sync to stop before it
 commits or publishes, waits for it up to ``SHUTDOWN_SECONDS``, and exits 0.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -123,9 +124,12 @@ def _bind(app: FeedApp, config: Config) -> BaseWSGIServer:
         return make_server(app, config.server.host, config.server.port)
     except OSError as error:
         source = config.sources.get("server.listen", "default")
+        if error.errno == errno.EADDRINUSE:
+            fix = "Stop the other process on that port or set server.listen to a free port"
+        else:
+            fix = "Set server.listen to an address of this machine, such as 0.0.0.0 or 127.0.0.1, and a free port"
         raise ConfigError(
-            "server.listen", source, f"cannot listen on {config.server.listen}: {_reason(error)}",
-            "Stop the other process on that port or set server.listen to a free address and port.",
+            "server.listen", source, f"cannot listen on {config.server.listen}: {_reason(error)}", fix
         ) from error
 
 
@@ -140,6 +144,8 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    # A closed terminal sends SIGHUP; calsync has no configuration reload, so it shuts down cleanly instead.
+    signal.signal(signal.SIGHUP, handle)
 
 
 def _shut_down(service: Service, server: BaseWSGIServer, server_thread: threading.Thread) -> None:
