@@ -309,7 +309,11 @@ class _Loader:
             path = values[key]
             if option.reads_into is None or path is None:
                 continue
-            values[option.reads_into] = _read_secret_file(path, f"{label}.{key}", merged[key].source)
+            secret = _read_secret_file(path, f"{label}.{key}", merged[key].source)
+            try:
+                values[option.reads_into] = options[option.reads_into].convert(secret)
+            except Invalid as exc:
+                raise ConfigError(f"{label}.{key}", merged[key].source, f"{exc.problem} (in {path})", exc.fix) from None
             self.sources[f"{label}.{option.reads_into}"] = f"{path} (via {merged[key].source})"
 
 
@@ -342,7 +346,9 @@ def _partner(options: dict[str, Option], key: str) -> str | None:
 def _convert(option: Option, raw: RawValue, key: str) -> Any:
     if not option.type.accepts(raw.value):
         problem = f"expected {option.type.name}, got {toml_type(raw.value, show_value=not option.secret)}"
-        raise ConfigError(key, raw.source, problem, f"Write it as {option.key} = {toml_literal(option.sample)}")
+        example = f"{option.key} = {toml_literal(option.sample)}"
+        fix = f"Write it as {option.expected}, such as {example}" if option.expected else f"Write it as {example}"
+        raise ConfigError(key, raw.source, problem, fix)
 
     value = raw.value
     if option.path:
@@ -354,7 +360,10 @@ def _convert(option: Option, raw: RawValue, key: str) -> Any:
 
 
 def _read_secret_file(path: Path, key: str, source: str) -> str:
-    """Read a secret from a file, without its trailing line break."""
+    """Read a secret from a file, without a byte order mark at its start or line breaks (CR, LF) at its end.
+
+    Other whitespace is kept, so that the secret's converter rejects it.
+    """
     fix = "Check that the file exists and that calsync may read it"
     try:
         text = path.read_text(encoding="utf-8")
@@ -363,7 +372,7 @@ def _read_secret_file(path: Path, key: str, source: str) -> str:
     except UnicodeDecodeError:
         raise ConfigError(key, source, f"{path} is not valid UTF-8", "Save the file as UTF-8") from None
 
-    secret = text.rstrip("\r\n")
+    secret = text.removeprefix("\N{BYTE ORDER MARK}").rstrip("\r\n")
     if not secret:
         raise ConfigError(key, source, f"{path} is empty", "Write the secret into the file")
     return secret

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,12 +23,18 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from calsync.durations import DURATION_SYNTAX, parse_duration
+from calsync.durations import (
+    DURATION_SYNTAX,
+    MAX_DURATION,
+    DurationTooLargeError,
+    parse_duration,
+)
 
 STATUSES = ("scheduled", "completed", "cancelled", "no-show")
 DETAIL_LEVELS = ("full", "limited", "busy")
 MAX_PAGE_SIZE = 100  # the largest `limit` that the Cashfin list endpoint accepts
 MAX_CONCURRENCY = 32
+MAX_PAST_DAYS = 36500  # 100 years. Values near 740000 reach back before year 1, where datetime overflows.
 FEED_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 SECTIONS = ("cashfin", "sync", "calendar", "server")
 FEEDS = "feeds"
@@ -100,6 +107,8 @@ class Option:
     uses its content as the value of ``reads_into``. ``path`` marks keys whose
     relative paths are resolved against the directory of the layer that set
     them, and whose empty value is passed to the converter as None.
+    ``expected`` describes the valid values, such as "a whole number from 1
+    to 32", for the fix of a value of the wrong type.
     """
 
     section: str
@@ -112,6 +121,7 @@ class Option:
     secret: bool = False
     path: bool = False
     reads_into: str | None = None
+    expected: str | None = None
 
     @property
     def sample(self) -> Any:
@@ -122,24 +132,48 @@ class Option:
 # Converters. Each returns the setting or raises Invalid.
 
 
-def _http_url(text: str) -> str:
-    fix = "Write the full URL with its scheme, such as https://api.cashfin.africa"
-    parts = urlsplit(text.strip())
+def _base_url(text: str) -> str:
+    return _http_url(text, "https://api.cashfin.africa")
+
+
+def _public_url(text: str) -> str:
+    return _http_url(text, "https://calendar.example.com") if text.strip() else ""
+
+
+def _http_url(text: str, example: str) -> str:
+    """Check an http or https URL without user name, password, query or fragment.
+
+    Messages show the URL with its user name and password removed, because
+    they end up in logs.
+    """
+    fix = f"Write the full URL with its scheme, such as {example}"
+    url = text.strip()
+    redacted_url = _without_userinfo(url)
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        fix = "Remove the user name and password from the URL, because calsync writes the URL into logs and messages"
+        raise Invalid(f"{redacted_url!r} contains a user name or password", fix)
     if parts.scheme.lower() not in ("http", "https"):
-        raise Invalid(f"{text!r} is not an http or https URL", fix)
+        raise Invalid(f"{redacted_url!r} is not an http or https URL", fix)
     if not parts.hostname:
-        raise Invalid(f"{text!r} has no host name", fix)
+        raise Invalid(f"{redacted_url!r} has no host name", fix)
     try:
         parts.port  # raises ValueError for a port that is not a number from 0 to 65535
     except ValueError:
-        raise Invalid(f"{text!r} has an invalid port", fix) from None
+        raise Invalid(f"{redacted_url!r} has an invalid port", fix) from None
     if parts.query or parts.fragment:
-        raise Invalid(f"{text!r} has a query or fragment", "Remove the part from ? or # on")
-    return text.strip().rstrip("/")
+        raise Invalid(f"{redacted_url!r} has a query or fragment", "Remove the part from ? or # on")
+    return url.rstrip("/")
 
 
-def _optional_http_url(text: str) -> str:
-    return _http_url(text) if text.strip() else ""
+def _without_userinfo(url: str) -> str:
+    """Remove each run of characters up to an "@" that contains no "/", "?" or "#".
+
+    This hides a user name and password even in a malformed URL such as
+    ``https:/user:password@host``. An "@" in the path is removed with the
+    segment before it, which only shortens the URL shown in a message.
+    """
+    return re.sub(r"[^/?#@]*@", "", url)
 
 
 def _positive_duration(value: str | int) -> timedelta:
@@ -156,12 +190,36 @@ def _positive_seconds(value: str | int) -> float:
 def _duration(value: str | int) -> timedelta:
     try:
         return parse_duration(value)
+    except DurationTooLargeError:
+        problem = f"duration {value!r} is too large"
+        raise Invalid(problem, f'Write a duration of at most "{MAX_DURATION.days}d" (about 10 years)') from None
     except ValueError:
         raise Invalid(f"invalid duration {value!r}", f"Write {DURATION_SYNTAX}") from None
 
 
+def _interval(value: str | int) -> timedelta:
+    """Check the sync interval, which the scheduler and the feeds' REFRESH-INTERVAL need in whole seconds."""
+    fix = 'Write a whole number of seconds, at least 1s, such as "90s", "15m" or "1h30m"'
+    interval = _duration(value)
+    if interval <= timedelta():
+        raise Invalid(f"{value!r} is not longer than zero", fix)
+    if interval < timedelta(seconds=1):
+        raise Invalid(f"{value!r} is shorter than 1 second", fix)
+    if interval % timedelta(seconds=1):
+        raise Invalid(f"{value!r} is not a whole number of seconds", fix)
+    return interval
+
+
 def _alarms(values: list[str | int]) -> tuple[timedelta, ...]:
-    return tuple(_duration(value) for value in values)
+    """Check the alarm offsets, which the feed writes as TRIGGER durations in whole seconds."""
+    alarms = []
+    for value in values:
+        alarm = _duration(value)
+        if alarm % timedelta(seconds=1):
+            fix = 'Write each alarm in whole seconds, such as "15m" or "1h". "0s" sets an alarm at the start'
+            raise Invalid(f"alarm {value!r} is not a whole number of seconds", fix)
+        alarms.append(alarm)
+    return tuple(alarms)
 
 
 def _page_size(count: int) -> int:
@@ -177,8 +235,11 @@ def _concurrency(count: int) -> int:
 
 
 def _past_days(count: int) -> int:
+    fix = f"Set it to a whole number of days from 0 to {MAX_PAST_DAYS}"
     if count < 0:
-        raise Invalid(f"{count} is negative", "Set it to 0 or more days")
+        raise Invalid(f"{count} is negative", fix)
+    if count > MAX_PAST_DAYS:
+        raise Invalid(f"{count} is more than {MAX_PAST_DAYS} days (100 years)", fix)
     return count
 
 
@@ -301,29 +362,74 @@ def _details(level: str) -> str:
     return level
 
 
+def _header_secret(noun: str) -> Callable[[str], str]:
+    """Return a converter for a secret sent in an HTTP header, named ``noun`` in messages.
+
+    requests 2.34 raises InvalidHeader, whose message shows the value, for a
+    leading space or a line break, and http.client raises UnicodeEncodeError
+    beyond Latin-1. So the converter accepts only printable ASCII (0x20 to
+    0x7E) without spaces at either end, which also keeps out Latin-1 letters
+    that the receiver may decode differently. Its messages never show the
+    value or its characters.
+    """
+
+    def convert(text: str) -> str:
+        fix = f"Copy the {noun} again without surrounding spaces or line breaks"
+        if text != text.strip():
+            raise Invalid(f"the {noun} starts or ends with whitespace or a line break", fix)
+        if any(unicodedata.category(character) == "Cc" for character in text):
+            raise Invalid(f"the {noun} contains a control character, such as a line break or a tab", fix)
+        if not all(" " <= character <= "~" for character in text):
+            problem = f"the {noun} contains a character outside printable ASCII, which cannot be sent in an HTTP header"
+            raise Invalid(problem, f"{fix}. It may contain only printable ASCII characters")
+        return text
+
+    return convert
+
+
+def _feed_token(text: str) -> str:
+    """Check a feed token. It travels URL-encoded in the query string, so any text but control characters works."""
+    fix = "Copy the token again without surrounding spaces or line breaks"
+    if text != text.strip():
+        raise Invalid("the token starts or ends with whitespace or a line break", fix)
+    categories = {unicodedata.category(character) for character in text}
+    if "Cc" in categories:
+        raise Invalid("the token contains a control character, such as a line break or a tab", fix)
+    if "Cs" in categories:
+        # os.environ decodes bytes that are not UTF-8 as lone surrogates, which cannot be URL-encoded.
+        raise Invalid("the token contains bytes that are not valid UTF-8", "Set it as UTF-8 text")
+    return text
+
+
+SECRET_FILE_TRIMMING = "A UTF-8 byte order mark at its start and line breaks at its end are removed."
+
+
 def _secret_file(section: str, key: str, reads_into: str, help_text: str, example: str) -> Option:
     return Option(section, key, "", STRING, help_text, example=example, path=True, reads_into=reads_into)
 
 
 SCHEMA: Sequence[Option] = (
     Option("cashfin", "base_url", "https://api.cashfin.africa", STRING,
-           "Base URL of the Cashfin API.", _http_url),
+           "Base URL of the Cashfin API, without a user name or password.", _base_url),
     Option("cashfin", "client_secret", "", STRING,
-           "Client secret, sent as is in the Authorization header. CASHFIN_CLIENT_SECRET overrides it.",
-           example="your-client-secret", secret=True),
+           "Client secret, sent as is in the Authorization header, so it may contain only printable ASCII "
+           "and no spaces at either end. CASHFIN_CLIENT_SECRET overrides it.",
+           _header_secret("secret"), example="your-client-secret", secret=True),
     _secret_file("cashfin", "client_secret_file", "client_secret",
-                 "File whose content is the client secret, instead of client_secret.",
+                 f"File whose content is the client secret, instead of client_secret. {SECRET_FILE_TRIMMING}",
                  "/run/secrets/cashfin_client_secret"),
     Option("cashfin", "timeout", "10s", DURATION,
            "Time limit for connecting to the API and for each read, as a duration.", _positive_seconds),
     Option("cashfin", "page_size", MAX_PAGE_SIZE, INTEGER,
            f"Bookings requested per list page, 1 to {MAX_PAGE_SIZE}. Larger values are lowered to {MAX_PAGE_SIZE}.",
-           _page_size),
+           _page_size, expected=f"a whole number from 1 to {MAX_PAGE_SIZE}"),
     Option("cashfin", "concurrency", 4, INTEGER,
-           f"Maximum number of requests in flight at once, 1 to {MAX_CONCURRENCY}.", _concurrency),
+           f"Maximum number of requests in flight at once, 1 to {MAX_CONCURRENCY}.", _concurrency,
+           expected=f"a whole number from 1 to {MAX_CONCURRENCY}"),
     Option("sync", "interval", "15m", DURATION,
-           "Time between syncs under `calsync serve`, as a duration. It is also the feeds' refresh interval.",
-           _positive_duration),
+           "Time between syncs under `calsync serve`, as a duration in whole seconds, at least 1s. "
+           "It is also the feeds' refresh interval.",
+           _interval),
     Option("sync", "state_dir", "./calsync-data", STRING,
            "Directory for state.sqlite3 and feeds/<name>.ics.", _state_dir, path=True),
     Option("sync", "timezone", "Africa/Nairobi", STRING,
@@ -339,20 +445,26 @@ SCHEMA: Sequence[Option] = (
     Option("server", "listen", "127.0.0.1:8080", STRING,
            "Address and port that the HTTP server binds, as host:port.", _listen),
     Option("server", "public_url", "", STRING,
-           "Base URL at which subscribers reach the server, used to print subscription links.",
-           _optional_http_url, example="https://calendar.example.com"),
+           "Base URL at which subscribers reach the server, used to print subscription links. "
+           "It must not contain a user name or password.",
+           _public_url, example="https://calendar.example.com"),
     Option("server", "admin_token", "", STRING,
-           "Token for the server's operator endpoints, or empty for none.",
-           example="a-long-random-string", secret=True),
+           "Token that enables `POST /sync`, which queues a sync to start now. Clients send it as "
+           "`Authorization: Bearer <token>`, so it may contain only printable ASCII and no spaces at either end. "
+           "When it is empty, `POST /sync` answers 404. `/healthz`, `/readyz` and `/metrics` need no token.",
+           _header_secret("token"), example="a-long-random-string", secret=True),
     _secret_file("server", "admin_token_file", "admin_token",
-                 "File whose content is the admin token, instead of admin_token.", "/run/secrets/calsync_admin_token"),
+                 f"File whose content is the admin token, instead of admin_token. {SECRET_FILE_TRIMMING}",
+                 "/run/secrets/calsync_admin_token"),
     Option(FEEDS, "name", "bookings", STRING,
            "Feed name: the file feeds/<name>.ics and the URL path /feeds/<name>.ics.", _feed_name),
     Option(FEEDS, "title", "Bookings", STRING, "Calendar name that subscribers see (X-WR-CALNAME).", _title),
     Option(FEEDS, "token", "", STRING,
-           "Token that a subscriber passes as ?token=. A feed needs one unless public is true.",
-           example="a-long-random-string", secret=True),
-    _secret_file(FEEDS, "token_file", "token", "File whose content is the feed token, instead of token.",
+           "Token that a subscriber passes as ?token=. A feed needs one unless public is true. "
+           "It must not contain control characters or start or end with whitespace.",
+           _feed_token, example="a-long-random-string", secret=True),
+    _secret_file(FEEDS, "token_file", "token",
+                 f"File whose content is the feed token, instead of token. {SECRET_FILE_TRIMMING}",
                  "/run/secrets/calsync_feed_token"),
     Option(FEEDS, "public", False, BOOLEAN, "Serve the feed without a token.", example=True),
     Option(FEEDS, "statuses", ["scheduled", "completed", "no-show", "cancelled"], STRING_LIST,
@@ -360,11 +472,13 @@ SCHEMA: Sequence[Option] = (
     Option(FEEDS, "types", [], STRING_LIST, "Booking types to include. An empty list includes every type.", _types,
            example=["consultation"]),
     Option(FEEDS, "past_days", 90, INTEGER,
-           "Days into the past that the feed reaches. Bookings that ended earlier are left out.", _past_days),
+           f"Days into the past that the feed reaches, 0 to {MAX_PAST_DAYS}. Bookings that ended earlier are left out.",
+           _past_days, expected=f"a whole number from 0 to {MAX_PAST_DAYS}"),
     Option(FEEDS, "details", "full", STRING,
            f"How much of each booking the feed shows: {' | '.join(DETAIL_LEVELS)}.", _details),
-    Option(FEEDS, "alarms", [], DURATION_LIST, "Reminders before each event's start, as durations.", _alarms,
-           example=["15m", "1h"]),
+    Option(FEEDS, "alarms", [], DURATION_LIST,
+           'Reminders before each event\'s start, as durations in whole seconds. "0s" is a reminder at the start.',
+           _alarms, example=["15m", "1h"]),
     Option(FEEDS, "gzip", False, BOOLEAN, "Serve the feed gzip-compressed to clients that accept it.", example=True),
 )
 

@@ -25,6 +25,9 @@ SECRET_ENV = "CASHFIN_CLIENT_SECRET"
 ENV_PREFIX = "CALSYNC_"
 ENV_SECTIONS = {"CASHFIN": "cashfin", "SYNC": "sync", "CALENDAR": "calendar", "SERVER": "server", "FEED": FEEDS}
 DEFAULT_SOURCE = "default"
+# The difflib ratio from which a misspelt name gets "Did you mean ...?". It accepts a
+# swap of two letters in a four-letter name ("snyc" for "sync", 0.75) but not "foo" for "timezone".
+SUGGESTION_CUTOFF = 0.75
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ def _parse_toml(data: bytes, source: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         problem = f"the file is not valid UTF-8 (byte offset {exc.start})"
         raise ConfigError("config", source, problem, "Save the file as UTF-8") from None
+
+    # tomllib rejects a byte order mark, which some Windows editors write at the start of UTF-8 files.
+    text = text.removeprefix("\N{BYTE ORDER MARK}")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -159,14 +165,24 @@ def _env_option(variable: str) -> Option | None:
     options = options_of(section)
     option = options.get(key_part.lower())
     if option is None:
-        names = [env_name(known) for known in options.values()]
-        fix = suggestion(variable, names, "Known variables for this section are: " + ", ".join(names))
-        raise ConfigError(f"{env_label(section)}.{key_part.lower()}", variable, "unknown environment variable", fix)
+        raise _unknown_env_key(variable, section, key_part.lower())
     return option
 
 
+def _unknown_env_key(variable: str, section: str, key: str) -> ConfigError:
+    # Only the keys are compared: with the shared CALSYNC_<SECTION>_ prefix, any two names look alike.
+    options = options_of(section)
+    names = [env_name(option) for option in options.values()]
+    close = difflib.get_close_matches(key, options, n=1, cutoff=SUGGESTION_CUTOFF)
+    if close:
+        fix = f"Did you mean {env_name(options[close[0]])}?"
+    else:
+        fix = "Known variables for this section are: " + ", ".join(names)
+    return ConfigError(f"{env_label(section)}.{key}", variable, "unknown environment variable", fix)
+
+
 def _reject_close_env_section(variable: str, section_part: str) -> None:
-    close = difflib.get_close_matches(section_part, ENV_SECTIONS, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(section_part, ENV_SECTIONS, n=1, cutoff=SUGGESTION_CUTOFF)
     if close:
         fix = f"Did you mean a {ENV_PREFIX}{close[0]}_... variable?"
         raise ConfigError(env_label(ENV_SECTIONS[close[0]]), variable, "unknown environment variable", fix)
@@ -177,7 +193,9 @@ def _from_env(option: Option, variable: str, text: str) -> Any:
         return option.type.from_env(text)
     except ValueError:
         problem = f"expected {option.type.name}, got {text!r}"
-        raise ConfigError(_env_key(option), variable, problem, f"Set it to {env_literal(option.sample)}") from None
+        sample = env_literal(option.sample)
+        fix = f"Set it to {option.expected}, such as {sample}" if option.expected else f"Set it to {sample}"
+        raise ConfigError(_env_key(option), variable, problem, fix) from None
 
 
 def env_name(option: Option) -> str:
@@ -213,7 +231,7 @@ def is_set(raw: RawValue | None) -> bool:
 
 def suggestion(name: str, known: list[str], otherwise: str) -> str:
     """Return "Did you mean X?" for the closest known name, else ``otherwise``."""
-    close = difflib.get_close_matches(name, known, n=1)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=SUGGESTION_CUTOFF)
     return f"Did you mean {close[0]}?" if close else otherwise
 
 

@@ -1,7 +1,8 @@
 """Durations written as "90s", "15m", "24h", "7d" or "1h30m", and back.
 
 The config file and the environment use this syntax for intervals, timeouts,
-ages and alarm offsets. A bare whole number means seconds.
+ages and alarm offsets. A bare whole number means seconds. No duration may
+be longer than MAX_DURATION.
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+MAX_DURATION = timedelta(days=3650)  # About 10 years, longer than any interval, timeout, age or alarm needs.
+_MAX_MILLISECONDS = MAX_DURATION // timedelta(milliseconds=1)
+
 DURATION_SYNTAX = (
-    'a whole number followed by d, h, m, s or ms, such as "90s", "15m", "1h30m" or "7d"'
+    'a whole number followed by d, h, m, s or ms, such as "90s", "15m", "1h30m" or "7d", '
+    f'up to "{MAX_DURATION.days}d"'
 )
 
 _PATTERN = re.compile(
@@ -30,12 +35,18 @@ _UNITS = (
 )
 
 
+
+class DurationTooLargeError(ValueError):
+    """A well-formed duration that is longer than ``MAX_DURATION``."""
+
+
 def parse_duration(text: str | int) -> timedelta:
     """Parse a duration such as "90s", "15m", "1h30m" or a number of seconds.
 
     Units must appear from largest to smallest, each at most once, and spaces
-    may separate them ("1h 30m"). Raises ValueError for anything else,
-    including negative numbers and booleans.
+    may separate them ("1h 30m"). Raises DurationTooLargeError for a duration
+    longer than MAX_DURATION, and ValueError for anything else that is not a
+    duration, including negative numbers and booleans.
     """
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise ValueError(f"invalid duration {text!r}: expected {DURATION_SYNTAX}")
@@ -44,18 +55,18 @@ def parse_duration(text: str | int) -> timedelta:
 
     stripped = text.strip()
     if stripped.isdigit():
-        return _seconds(int(stripped))
+        return _from_milliseconds(_count(stripped, text) * 1000, text)
 
     match = _PATTERN.fullmatch(stripped)
     if not stripped or match is None:
         raise ValueError(f"invalid duration {text!r}: expected {DURATION_SYNTAX}")
 
-    total = timedelta()
+    milliseconds = 0
     for unit, size in _UNITS:
-        count = match.group(unit)
-        if count is not None:
-            total += _multiply(size, int(count), text)
-    return total
+        digits = match.group(unit)
+        if digits is not None:
+            milliseconds += _count(digits, text) * (size // timedelta(milliseconds=1))
+    return _from_milliseconds(milliseconds, text)
 
 
 def format_duration(value: timedelta) -> str:
@@ -79,11 +90,22 @@ def format_duration(value: timedelta) -> str:
 def _seconds(count: int) -> timedelta:
     if count < 0:
         raise ValueError(f"invalid duration {count}: a duration cannot be negative")
-    return _multiply(timedelta(seconds=1), count, count)
+    return _from_milliseconds(count * 1000, count)
 
 
-def _multiply(size: timedelta, count: int, text: str | int) -> timedelta:
-    try:
-        return size * count
-    except OverflowError:
-        raise ValueError(f"invalid duration {text!r}: too large") from None
+def _count(digits: str, text: str | int) -> int:
+    # int() rejects strings of more than sys.get_int_max_str_digits() digits (4300 by default),
+    # and any count of more than 15 significant digits exceeds MAX_DURATION even in milliseconds.
+    if len(digits.lstrip("0")) > 15:
+        raise _too_large(text)
+    return int(digits)
+
+
+def _from_milliseconds(milliseconds: int, text: str | int) -> timedelta:
+    if milliseconds > _MAX_MILLISECONDS:
+        raise _too_large(text)
+    return timedelta(milliseconds=milliseconds)
+
+
+def _too_large(text: str | int) -> DurationTooLargeError:
+    return DurationTooLargeError(f"duration {text!r} is too large: the maximum is {MAX_DURATION.days}d")

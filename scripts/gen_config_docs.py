@@ -76,8 +76,9 @@ that names the key, its source and the fix.
 The client secret, the admin token and each feed token can be read from a
 file through the matching `*_file` key, such as `cashfin.client_secret_file`
 or the `CALSYNC_CASHFIN_CLIENT_SECRET_FILE` variable. This suits Docker and
-systemd secrets. The file's content, without its trailing line break, is the
-value, and an empty or unreadable file is an error. One source may set either
+systemd secrets. The file's content, without a UTF-8 byte order mark at its
+start or line breaks at its end, is the value, and an empty or unreadable
+file is an error. One source may set either
 the secret or its file but not both. A later source that sets one of them
 replaces the other. `{SECRET_ENV}` and `CALSYNC_CASHFIN_CLIENT_SECRET` both
 set the client secret, and setting both is an error.

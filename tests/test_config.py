@@ -18,6 +18,8 @@ from calsync.config import (
     parse_duration,
     resolve_config_path,
 )
+from calsync.config_schema import options_of
+from calsync.durations import MAX_DURATION, DurationTooLargeError
 from calsync.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -318,6 +320,26 @@ def test_file_not_utf8_is_error(tmp_path: Path) -> None:
     assert_names(info.value, "config", path, "UTF-8")
 
 
+def test_file_with_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "calsync.toml"
+    path.write_bytes(b'\xef\xbb\xbf[sync]\ninterval = "5m"\n')
+
+    config = load_config(str(path), env=ENV)
+
+    assert config.sync.interval == timedelta(minutes=5)
+
+
+def test_byte_order_mark_keeps_error_position(tmp_path: Path) -> None:
+    path = tmp_path / "calsync.toml"
+    path.write_bytes(b"\xef\xbb\xbf[sync]\ninterval = 15m\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), env=ENV)
+
+    assert_names(info.value, "config", path, "Correct the TOML syntax")
+    assert "line 2, column 14" in info.value.problem
+
+
 # Unknown sections and keys.
 
 
@@ -371,6 +393,10 @@ def test_section_of_wrong_type_is_error(tmp_path: Path) -> None:
     ("text", "key", "expected", "fix"),
     [
         ('[cashfin]\npage_size = "100"\n', "cashfin.page_size", 'expected an integer, got a string "100"', "page_size = 100"),
+        (
+            '[cashfin]\npage_size = "ten"\n', "cashfin.page_size", 'got a string "ten"',
+            "Write it as a whole number from 1 to 100, such as page_size = 100",
+        ),
         ("[cashfin]\npage_size = true\n", "cashfin.page_size", "expected an integer, got a boolean", "page_size = 100"),
         ("[cashfin]\ntimeout = 2.5\n", "cashfin.timeout", "expected a duration, got a float", 'timeout = "10s"'),
         ("[sync]\ntimezone = 3\n", "sync.timezone", "expected a string", 'timezone = "Africa/Nairobi"'),
@@ -406,7 +432,17 @@ def test_wrong_toml_type(tmp_path: Path, text: str, key: str, expected: str, fix
         ("[cashfin]\npage_size = 0\n", "cashfin.page_size", "less than 1", "between 1 and 100"),
         ("[cashfin]\nconcurrency = 0\n", "cashfin.concurrency", "outside 1 to 32", "between 1 and 32"),
         ("[cashfin]\nconcurrency = 33\n", "cashfin.concurrency", "outside 1 to 32", "between 1 and 32"),
-        ("[[feeds]]\npast_days = -1\n", "feeds.bookings.past_days", "negative", "0 or more"),
+        ("[[feeds]]\npast_days = -1\n", "feeds.bookings.past_days", "negative", "from 0 to 36500"),
+        ("[[feeds]]\npast_days = 1000000\n", "feeds.bookings.past_days", "more than 36500 days", "from 0 to 36500"),
+        ('[sync]\ninterval = "999ms"\n', "sync.interval", "shorter than 1 second", "whole number of seconds, at least 1s"),
+        ('[sync]\ninterval = "1ms"\n', "sync.interval", "shorter than 1 second", "whole number of seconds, at least 1s"),
+        ('[sync]\ninterval = "1500ms"\n', "sync.interval", "not a whole number of seconds", "at least 1s"),
+        ('[sync]\ninterval = "99999999999d"\n', "sync.interval", "too large", '"3650d"'),
+        ('[cashfin]\ntimeout = "3651d"\n', "cashfin.timeout", "too large", '"3650d"'),
+        ('[sync]\ndetails_max_age = 999999999999\n', "sync.details_max_age", "too large", '"3650d"'),
+        ('[[feeds]]\nalarms = ["1ms"]\n', "feeds.bookings.alarms", "alarm '1ms' is not a whole number of seconds", '"0s"'),
+        ('[[feeds]]\nalarms = ["15m", "1m500ms"]\n', "feeds.bookings.alarms", "'1m500ms'", "whole seconds"),
+        ('[[feeds]]\nalarms = ["99999999999d"]\n', "feeds.bookings.alarms", "too large", '"3650d"'),
         ('[[feeds]]\ndetails = "secret"\n', "feeds.bookings.details", "unknown detail level", "full, limited, busy"),
         ('[[feeds]]\nstatuses = ["pending"]\n', "feeds.bookings.statuses", "unknown status 'pending'", "scheduled, completed, cancelled, no-show"),
         ("[[feeds]]\nstatuses = []\n", "feeds.bookings.statuses", "select no bookings", "Remove the key"),
@@ -425,6 +461,98 @@ def test_invalid_value(tmp_path: Path, text: str, key: str, problem: str, fix: s
 
     assert_names(error, key, path, fix)
     assert problem in error.problem
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "shown"),
+    [
+        ("base_url", "https://opsuser:pa55word@api.cashfin.africa", "'https://api.cashfin.africa'"),
+        ("base_url", "https://:pa55word@api.cashfin.africa/v1", "'https://api.cashfin.africa/v1'"),
+        ("base_url", "https://pa55word@api.cashfin.africa", "'https://api.cashfin.africa'"),
+        ("base_url", "https://opsuser:pa55word@api.cashfin.africa:99999", "'https://api.cashfin.africa:99999'"),
+        ("public_url", "https://opsuser:pa55word@calendar.example.com/", "'https://calendar.example.com/'"),
+        ("public_url", "ftp://opsuser:pa55word@calendar.example.com", "'ftp://calendar.example.com'"),
+    ],
+)
+def test_url_with_userinfo_rejected(tmp_path: Path, key: str, url: str, shown: str) -> None:
+    section = "cashfin" if key == "base_url" else "server"
+
+    error, path = error_for(tmp_path, f'[{section}]\n{key} = "{url}"\n')
+
+    assert_names(error, f"{section}.{key}", path, "Remove the user name and password")
+    assert "contains a user name or password" in error.problem
+    assert shown in error.problem
+    assert "pa55word" not in str(error)
+    assert "opsuser" not in str(error)
+
+
+def test_url_with_userinfo_from_env_rejected() -> None:
+    variable = "CALSYNC_CASHFIN_BASE_URL"
+
+    with pytest.raises(ConfigError) as info:
+        load_config(env={**ENV, variable: "http://ops:pa55word@127.0.0.1:9000"})
+
+    assert_names(info.value, "cashfin.base_url", variable, "Remove the user name and password")
+    assert "'http://127.0.0.1:9000'" in info.value.problem
+    assert "pa55word" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["https:/ops:pa55word@calendar.example.com", "ops:pa55word@calendar.example.com"])
+def test_malformed_url_hides_userinfo(tmp_path: Path, url: str) -> None:
+    error, path = error_for(tmp_path, f'[server]\npublic_url = "{url}"\n')
+
+    assert_names(error, "server.public_url", path, "https://calendar.example.com")
+    assert "pa55word" not in str(error)
+    assert "ops" not in error.problem
+
+
+def test_public_url_fix_shows_feed_server(tmp_path: Path) -> None:
+    error, path = error_for(tmp_path, '[server]\npublic_url = "calendar.example.com"\n')
+
+    assert_names(error, "server.public_url", path, "such as https://calendar.example.com")
+    assert "cashfin" not in error.fix
+
+
+def test_base_url_fix_shows_cashfin(tmp_path: Path) -> None:
+    error, path = error_for(tmp_path, '[cashfin]\nbase_url = "api.cashfin.africa"\n')
+
+    assert_names(error, "cashfin.base_url", path, "such as https://api.cashfin.africa")
+
+
+def test_url_with_at_sign_in_path_accepted(tmp_path: Path) -> None:
+    config = load_text(tmp_path, '[server]\npublic_url = "https://calendar.example.com/@team/"\n')
+
+    assert config.server.public_url == "https://calendar.example.com/@team"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1s", timedelta(seconds=1)), ("1m30s", timedelta(seconds=90)), ("2000ms", timedelta(seconds=2)), (1, timedelta(seconds=1))],
+)
+def test_interval_in_whole_seconds_accepted(tmp_path: Path, text: str | int, expected: timedelta) -> None:
+    value = f'"{text}"' if isinstance(text, str) else str(text)
+
+    config = load_text(tmp_path, f"[sync]\ninterval = {value}\n")
+
+    assert config.sync.interval == expected
+
+
+def test_alarm_at_start_accepted(tmp_path: Path) -> None:
+    config = load_text(tmp_path, '[[feeds]]\nalarms = ["0s", 0, "1h", "3650d"]\n')
+
+    assert config.feeds[0].alarms == (timedelta(0), timedelta(0), timedelta(hours=1), timedelta(days=3650))
+
+
+def test_fractional_timeout_accepted(tmp_path: Path) -> None:
+    config = load_text(tmp_path, '[cashfin]\ntimeout = "1s500ms"\n')
+
+    assert config.cashfin.timeout == 1.5
+
+
+def test_past_days_at_maximum_accepted(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[[feeds]]\npast_days = 36500\n")
+
+    assert config.feeds[0].past_days == 36500
 
 
 @pytest.mark.parametrize(
@@ -656,6 +784,176 @@ def test_feed_and_admin_token_files(tmp_path: Path) -> None:
     assert config.server.admin_token == "admin-token-value"
 
 
+# Secrets that cannot be sent: HTTP header values carry printable ASCII only.
+
+HEADER_SECRET_CASES = [
+    pytest.param("se-7f3a9c ", "starts or ends with whitespace", id="trailing space"),
+    pytest.param(" se-7f3a9c", "starts or ends with whitespace", id="leading space"),
+    pytest.param("se-7f3a9c\n", "starts or ends with whitespace", id="trailing line break"),
+    pytest.param("se-7f3a9c\u00a0", "starts or ends with whitespace", id="trailing no-break space"),
+    pytest.param("se-7f\r\n3a9c", "control character", id="inner CR LF"),
+    pytest.param("se-7f\t3a9c", "control character", id="inner tab"),
+    pytest.param("se-7f\x7f3a9c", "control character", id="DEL"),
+    pytest.param("se-7f\u00e93a9c", "outside printable ASCII", id="Latin-1 letter"),
+    pytest.param("\u201cse-7f3a9c\u201d", "outside printable ASCII", id="typographic quotes"),
+    pytest.param("se-7f\udcff3a9c", "outside printable ASCII", id="undecodable byte"),
+]
+
+
+def assert_secret_hidden(error: ConfigError, secret: str) -> None:
+    message = str(error)
+    assert secret not in message
+    assert secret.strip() not in message
+    assert "7f3a9c" not in message
+
+
+def toml_string(text: str) -> str:
+    """Write text as a TOML basic string, escaping every character outside printable ASCII."""
+    escaped = "".join(c if " " <= c <= "~" and c not in '"\\' else f"\\u{ord(c):04x}" for c in text)
+    return f'"{escaped}"'
+
+
+@pytest.mark.parametrize(("secret", "problem"), [case for case in HEADER_SECRET_CASES if case.id != "undecodable byte"])
+def test_client_secret_in_file_rejected(tmp_path: Path, secret: str, problem: str) -> None:
+    error, path = error_for(tmp_path, f"[cashfin]\nclient_secret = {toml_string(secret)}\n", env={})
+
+    assert_names(error, "cashfin.client_secret", path, "Copy the secret again without surrounding spaces or line breaks")
+    assert problem in error.problem
+    assert_secret_hidden(error, secret)
+
+
+@pytest.mark.parametrize(("secret", "problem"), HEADER_SECRET_CASES)
+def test_client_secret_in_env_rejected(secret: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"CASHFIN_CLIENT_SECRET": secret})
+
+    assert_names(info.value, "cashfin.client_secret", "CASHFIN_CLIENT_SECRET", "without surrounding spaces")
+    assert problem in info.value.problem
+    assert_secret_hidden(info.value, secret)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("se-7f3a9c \n", "starts or ends with whitespace"),
+        ("\tse-7f3a9c\n", "starts or ends with whitespace"),
+        ("se-7f\n3a9c\n", "control character"),
+        ("se-7f\u00e93a9c\n", "outside printable ASCII"),
+    ],
+)
+def test_client_secret_file_content_rejected(tmp_path: Path, content: str, problem: str) -> None:
+    secret_path = write(tmp_path / "conf" / "secret", content)
+
+    error, path = error_for(tmp_path, '[cashfin]\nclient_secret_file = "secret"\n', env={})
+
+    assert_names(error, "cashfin.client_secret_file", path, "without surrounding spaces")
+    assert problem in error.problem
+    assert str(secret_path) in error.problem
+    assert_secret_hidden(error, content)
+
+
+def test_secret_with_inner_space_accepted(tmp_path: Path) -> None:
+    config = load_config(env={"CASHFIN_CLIENT_SECRET": "two words~"})
+
+    assert config.cashfin.client_secret == "two words~"
+
+
+def test_secret_file_removes_bom_and_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(b"\xef\xbb\xbf" + SECRET.encode() + b"\r\n\n")
+
+    config = load_config(env={"CALSYNC_CASHFIN_CLIENT_SECRET_FILE": str(path)})
+
+    assert config.cashfin.client_secret == SECRET
+
+
+def test_secret_file_help_matches_trimming() -> None:
+    for option in SCHEMA:
+        if option.reads_into is not None:
+            assert "line breaks at its end are removed" in option.help, option.key
+            assert "byte order mark" in option.help, option.key
+
+
+@pytest.mark.parametrize(("token", "problem"), HEADER_SECRET_CASES)
+def test_admin_token_in_env_rejected(token: str, problem: str) -> None:
+    variable = "CALSYNC_SERVER_ADMIN_TOKEN"
+
+    with pytest.raises(ConfigError) as info:
+        load_config(env={**ENV, variable: token})
+
+    assert_names(info.value, "server.admin_token", variable, "Copy the token again")
+    assert problem in info.value.problem
+    assert_secret_hidden(info.value, token)
+
+
+def test_admin_token_in_file_rejected(tmp_path: Path) -> None:
+    error, path = error_for(tmp_path, '[server]\nadmin_token = "ad-7f3a9c\\u00e9"\n')
+
+    assert_names(error, "server.admin_token", path, "printable ASCII")
+    assert "outside printable ASCII" in error.problem
+    assert "7f3a9c" not in str(error)
+
+
+def test_admin_token_file_content_rejected(tmp_path: Path) -> None:
+    write(tmp_path / "conf" / "admin", "ad-7f3a9c\t\n")
+
+    error, path = error_for(tmp_path, '[server]\nadmin_token_file = "admin"\n')
+
+    assert_names(error, "server.admin_token_file", path, "Copy the token again")
+    assert "starts or ends with whitespace" in error.problem
+    assert "7f3a9c" not in str(error)
+
+
+def test_admin_token_help_names_endpoints() -> None:
+    help_text = options_of("server")["admin_token"].help
+    example = EXAMPLE.read_text(encoding="utf-8")
+
+    assert "`POST /sync`" in help_text
+    assert "`Authorization: Bearer <token>`" in help_text
+    assert "`/healthz`, `/readyz` and `/metrics` need no token" in help_text
+    assert "POST /sync" in example
+    assert "/healthz, /readyz and /metrics need no token" in example
+
+
+@pytest.mark.parametrize(
+    ("token", "problem", "fix"),
+    [
+        pytest.param(" fe-7f3a9c", "starts or ends with whitespace", "Copy the token again", id="leading space"),
+        pytest.param("fe-7f3a9c\r\n", "starts or ends with whitespace", "Copy the token again", id="trailing CR LF"),
+        pytest.param("fe-7f\n3a9c", "control character", "Copy the token again", id="inner line break"),
+        pytest.param("fe-7f\x003a9c", "control character", "Copy the token again", id="NUL"),
+        pytest.param("fe-7f\x853a9c", "control character", "Copy the token again", id="C1 control"),
+        pytest.param("fe-7f\udcff3a9c", "not valid UTF-8", "Set it as UTF-8 text", id="undecodable byte"),
+    ],
+)
+def test_feed_token_in_env_rejected(token: str, problem: str, fix: str) -> None:
+    variable = "CALSYNC_FEED_TOKEN"
+
+    with pytest.raises(ConfigError) as info:
+        load_config(env={**ENV, variable: token})
+
+    assert_names(info.value, "feeds.bookings.token", variable, fix)
+    assert problem in info.value.problem
+    assert "7f3a9c" not in str(info.value)
+
+
+def test_feed_token_file_content_rejected(tmp_path: Path) -> None:
+    write(tmp_path / "conf" / "token", "fe-7f3a9c \n")
+
+    error, path = error_for(tmp_path, '[[feeds]]\ntoken_file = "token"\n')
+
+    assert_names(error, "feeds.bookings.token_file", path, "Copy the token again")
+    assert "starts or ends with whitespace" in error.problem
+    assert "7f3a9c" not in str(error)
+
+
+def test_feed_token_outside_ascii_accepted(tmp_path: Path) -> None:
+    # A feed token travels URL-encoded in the query string, so any printable text works.
+    config = load_text(tmp_path, '[[feeds]]\ntoken = "t\u00f6k\u00e9n with space"\n')
+
+    assert config.feeds[0].token == "t\u00f6k\u00e9n with space"
+
+
 # Environment variables.
 
 
@@ -710,7 +1008,14 @@ def test_empty_env_variable_is_ignored(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("variable", "text", "key", "problem", "fix"),
     [
-        ("CALSYNC_CASHFIN_PAGE_SIZE", "many", "cashfin.page_size", "expected an integer, got 'many'", "Set it to 100"),
+        (
+            "CALSYNC_CASHFIN_PAGE_SIZE", "ten", "cashfin.page_size", "expected an integer, got 'ten'",
+            "Set it to a whole number from 1 to 100, such as 100",
+        ),
+        ("CALSYNC_CASHFIN_CONCURRENCY", "many", "cashfin.concurrency", "expected an integer", "from 1 to 32, such as 4"),
+        ("CALSYNC_FEED_PAST_DAYS", "all", "feeds[0].past_days", "expected an integer", "from 0 to 36500, such as 90"),
+        ("CALSYNC_SYNC_INTERVAL", "500ms", "sync.interval", "shorter than 1 second", "at least 1s"),
+        ("CALSYNC_FEED_ALARMS", "15m,10ms", "feeds.bookings.alarms", "'10ms'", "whole seconds"),
         ("CALSYNC_FEED_GZIP", "maybe", "feeds[0].gzip", "expected a boolean", "Set it to true"),
         ("CALSYNC_SYNC_INTERVAL", "0m", "sync.interval", "not longer than zero", '"15m"'),
         ("CALSYNC_SYNC_TIMEZONE", "Nairobi", "sync.timezone", "unknown time zone", "Africa/Nairobi"),
@@ -732,6 +1037,15 @@ def test_unknown_env_key_suggests_closest() -> None:
         load_config(env={**ENV, "CALSYNC_SYNC_INTERVL": "5m"})
 
     assert_names(info.value, "sync.intervl", "CALSYNC_SYNC_INTERVL", "Did you mean CALSYNC_SYNC_INTERVAL?")
+
+
+def test_unknown_env_key_without_close_match_lists_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={**ENV, "CALSYNC_SYNC_FOO": "x"})
+
+    known = "CALSYNC_SYNC_INTERVAL, CALSYNC_SYNC_STATE_DIR, CALSYNC_SYNC_TIMEZONE, CALSYNC_SYNC_DETAILS_MAX_AGE"
+    assert_names(info.value, "sync.foo", "CALSYNC_SYNC_FOO", known)
+    assert "Did you mean" not in info.value.fix
 
 
 def test_misspelled_env_section_is_error() -> None:
@@ -864,13 +1178,30 @@ def test_parse_and_format_duration(text: str | int, expected: timedelta, formatt
 
 @pytest.mark.parametrize(
     "text",
-    ["", "m", "15 minutes", "1.5h", "-15m", "30m1h", "1h1h", "15M", "1w", "99999999999d", -1, True, 1.5],
+    ["", "m", "15 minutes", "1.5h", "-15m", "30m1h", "1h1h", "15M", "1w", -1, True, 1.5],
 )
 def test_parse_duration_rejects(text: object) -> None:
     with pytest.raises(ValueError) as info:
         parse_duration(text)  # type: ignore[arg-type]
 
     assert "invalid duration" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["99999999999d", "3650d1ms", "3651d", "87601h", 315_360_001, "315360001", "9" * 5000 + "s", 10**30],
+)
+def test_parse_duration_too_large(text: str | int) -> None:
+    with pytest.raises(DurationTooLargeError) as info:
+        parse_duration(text)
+
+    assert "too large" in str(info.value)
+    assert "3650d" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["3650d", "87600h", 315_360_000, "000000000000000000000000005s"])
+def test_parse_duration_at_maximum(text: str | int) -> None:
+    assert parse_duration(text) <= MAX_DURATION
 
 
 def test_format_duration_rejects_negative() -> None:
