@@ -267,8 +267,10 @@ def new_calendar(header: CalendarHeader) -> icalendar.Calendar:
     calendar.add("version", "2.0")
     calendar.add("calscale", "GREGORIAN")
     if title:
+        # NAME is TEXT (RFC 7986), so it is escaped. X-WR-CALNAME is a non-standard
+        # property that clients display as written, so it carries the title unescaped.
         calendar.add("name", ExactText(title))
-        calendar.add("x-wr-calname", ExactText(title))
+        calendar.add("x-wr-calname", title)
     if _clean_line(header.timezone_name):
         calendar.add("x-wr-timezone", _clean_line(header.timezone_name))
     calendar.add("refresh-interval", header.refresh_interval, parameters={"VALUE": "DURATION"})
