@@ -136,7 +136,7 @@ def publish(path: Path, data: bytes, mode: int | None = FEED_FILE_MODE) -> bool:
     A symbolic link is followed and its target replaced. A path that is not
     a regular file (a device such as /dev/null, or a FIFO) is written to in
     place, because renaming over it would replace the device itself. The
-    file gets ``mode``; with None, a replaced file keeps its mode and a new
+    file gets ``mode``. With None, a replaced file keeps its mode and a new
     one gets 0666 less the umask, as ``open()`` would give it.
     """
     target = path.resolve()

@@ -3,7 +3,7 @@
 An advisory ``flock`` on ``state_dir/sync.lock``. The kernel releases it when
 the holder exits, even on SIGKILL, so a crash never leaves a stale lock. The
 holder writes its pid, host name and start time into the file so that a
-waiting process can say who holds it.
+waiting process can name the holder.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def sync_lock(state_dir: Path, wait: float = 5.0) -> Iterator[None]:
         try:
             yield
         finally:
-            # An empty file tells the next waiter that whoever holds the lock now is not calsync.
+            # An empty file tells the next waiter that the process holding the lock then is not calsync.
             os.ftruncate(descriptor, 0)
     finally:
         os.close(descriptor)

@@ -52,9 +52,9 @@ class JsonFormatter(logging.Formatter):
 class RedactSecrets(logging.Filter):
     """Replace every configured secret in a record's final message with ``REDACTED``.
 
-    calsync never passes a secret to a log call on purpose; this filter and
-    the formatters are the second line of defence against one arriving inside
-    an exception text, a traceback or a URL from a library.
+    calsync never passes a secret to a log call on purpose. This filter and
+    the formatters are the second line of defence against a secret inside an
+    exception text, a traceback or a URL from a library.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:

@@ -1,7 +1,7 @@
 """``calsync serve``: the scheduler and the feed server in one long-lived process.
 
-The scheduler runs a sync at start and every ``sync.interval``; the server
-answers feed requests from the last published bytes. On SIGTERM, SIGINT or SIGHUP
+The scheduler runs a sync at start and every ``sync.interval``, and the server
+serves feed requests from the last published bytes. On SIGTERM, SIGINT or SIGHUP
 the service stops accepting requests, asks a running sync to stop before it
 commits or publishes, waits for it up to ``SHUTDOWN_SECONDS``, and exits 0.
 """
