@@ -19,8 +19,8 @@ from pathlib import Path
 
 from calsync.config import Config, load_config
 from calsync.errors import ConfigError
+from calsync.links import feed_url
 from calsync.sandbox import Sandbox
-from calsync.server import feed_url
 from calsync.service import Service, run_service
 
 log = logging.getLogger(__name__)

@@ -37,11 +37,16 @@ def base_url(config: Config) -> str:
     return f"http://{config.server.listen}"
 
 
-def feed_links(config: Config, feed: FeedSettings) -> FeedLinks:
-    url = f"{base_url(config)}/feeds/{feed.name}.ics"
+def feed_url(base: str, feed: FeedSettings) -> str:
+    """Return the URL of a feed under the server address ``base``, with its token unless the feed is public."""
+    url = f"{base.rstrip('/')}/feeds/{feed.name}.ics"
     if feed.token and not feed.public:
         url += f"?token={quote(feed.token, safe='')}"
+    return url
 
+
+def feed_links(config: Config, feed: FeedSettings) -> FeedLinks:
+    url = feed_url(base_url(config), feed)
     webcal = "webcal://" + url.split("://", 1)[1]
     encoded_url = quote(url, safe="")
     encoded_name = quote(feed.title, safe="")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, quote
 
 from calsync.config import Config, FeedSettings
 from calsync.config_sources import DEFAULT_SOURCE
@@ -357,18 +357,11 @@ def warn_public_feeds(config: Config) -> None:
         log.warning("%s", warning)
 
 
-def feed_url(base_url: str, feed: FeedSettings) -> str:
-    """Return the URL of a feed under ``base_url``, with its token when it has one."""
-    url = f"{base_url.rstrip('/')}{FEEDS_PREFIX}{feed.name}{FEED_SUFFIX}"
-    return f"{url}?{urlencode({'token': feed.token})}" if feed.token and not feed.public else url
-
-
 __all__ = [
     "FeedApp",
     "Response",
     "check_serving",
     "serving_problems",
-    "feed_url",
     "make_server",
     "public_feed_warnings",
     "server_url",

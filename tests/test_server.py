@@ -25,12 +25,12 @@ from calsync.config import Config, load_config
 from calsync.engine import SyncEngine, SyncStats
 from calsync.errors import ConfigError
 from calsync.feeds import feed_path, publish
+from calsync.links import feed_url
 from calsync.metrics import Metrics
 from calsync.sandbox import Sandbox
 from calsync.server import (
     FeedApp,
     check_serving,
-    feed_url,
     public_feed_warnings,
     warn_public_feeds,
 )
