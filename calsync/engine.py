@@ -22,12 +22,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from calsync.cashfin import CashfinClient, DetailsResult, Listing, client_for
 from calsync.config import Config
 from calsync.errors import (
     CalsyncError,
+    CorruptStateError,
     ListingIncompleteError,
     StateError,
     SyncCancelledError,
@@ -35,7 +37,7 @@ from calsync.errors import (
 from calsync.feeds import RenderedFeed, publish, render_feed
 from calsync.lock import sync_lock
 from calsync.mapping import significant_fields
-from calsync.store import RunRecord, StateStore, StoredBooking
+from calsync.store import RunRecord, StateStore, StoredBooking, move_aside
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,20 @@ class SyncEngine:
         """
         self._cancel = cancel
         with sync_lock(self.config.sync.state_dir, wait=lock_wait):
-            with StateStore.open_in(self.config.sync.state_dir) as store:
+            with self._open_store() as store:
                 return self._run_locked(store)
+
+    def _open_store(self) -> StateStore:
+        """Open the state database; a damaged one is moved aside and rebuilt by this full sync."""
+        try:
+            return StateStore.open_in(self.config.sync.state_dir)
+        except CorruptStateError as error:
+            moved = move_aside(Path(error.path), datetime.now(UTC))
+            log.error(
+                "state database %s is damaged (%s); moved it to %s and rebuilding it with a full sync",
+                error.path, error.reason.split(". ")[0], moved,
+            )
+            return StateStore.open_in(self.config.sync.state_dir)
 
     def _check_cancel(self, step: str) -> None:
         if self._cancel is not None and self._cancel.is_set():

@@ -16,6 +16,7 @@ exit code in one place::
     │   └── SyncCancelledError   shutdown began before the sync published
     ├── MappingError             one booking cannot become a VEVENT
     ├── StateError               the state database cannot be used
+    │   └── CorruptStateError    the database file is damaged
     ├── PublishError             a feed file could not be written
     └── LockHeldError            another process is syncing this state_dir (exit 3)
 """
@@ -138,6 +139,10 @@ class StateError(CalsyncError):
         self.path = path
         self.reason = reason
         super().__init__(f"state database {path}: {reason}")
+
+
+class CorruptStateError(StateError):
+    """The state database file is damaged or is not a SQLite database."""
 
 
 class PublishError(CalsyncError):

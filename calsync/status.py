@@ -85,7 +85,12 @@ class ServiceStatus:
         The reason names the time of the last success, and never the error of
         a failed sync, because ``/readyz`` needs no authentication.
         """
-        last_success = self.last_success
+        with self._lock:
+            last_success = self._last_success
+            last_failure = self._last_failure
+            publish_failed = self._publish_failed
+        if publish_failed and last_failure is not None and (last_success is None or last_failure > last_success):
+            return False, "the last sync could not write a feed file; the previous feeds are still served"
         if last_success is None:
             return False, "no successful sync yet"
 

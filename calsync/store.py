@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from calsync.errors import StateError
+from calsync.errors import CorruptStateError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ class StateStore:
         except OSError as error:
             raise StateError(str(path), f"cannot create its directory: {error.strerror or error}") from error
         except sqlite3.DatabaseError as error:
-            raise StateError(str(path), f"cannot open: {error}. {REBUILD_HINT}") from error
+            if _is_corruption(error):
+                raise CorruptStateError(str(path), f"cannot open: {error}. {REBUILD_HINT}") from error
+            raise StateError(str(path), f"cannot open: {error}") from error
 
     @classmethod
     def open_in(cls, state_dir: Path) -> StateStore:
@@ -233,6 +235,22 @@ class StateStore:
             return self.connection.execute(query, parameters).fetchall()
         except sqlite3.Error as error:
             raise StateError(str(self.path), f"cannot read sync runs: {error}. {REBUILD_HINT}") from error
+
+
+def _is_corruption(error: sqlite3.DatabaseError) -> bool:
+    """Tell a damaged file from a locked, read-only or missing one by SQLite's error code."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def move_aside(path: Path, when: datetime) -> Path:
+    """Rename a damaged database and its WAL files out of the way; return the new name of the database."""
+    suffix = f".corrupt-{when.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    for extra in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + extra)
+        if source.exists():
+            source.rename(source.with_name(path.name + suffix + extra))
+    return path.with_name(path.name + suffix)
 
 
 def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:

@@ -307,15 +307,30 @@ def test_bad_log_level_from_environment_exits_two():
     assert "Traceback" not in result.stderr
 
 
-def test_corrupt_state_database_explained(tmp_path, api):
+def test_corrupt_state_database_moved_aside_and_rebuilt(tmp_path, api):
     config = write_config(tmp_path, api.base_url)
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "state.sqlite3").write_bytes(b"not a database " * 100)
 
     result = run_cli("--config", str(config), "sync")
 
+    assert result.returncode == 0, result.stderr
+    assert "is damaged" in result.stderr
+    moved = list((tmp_path / "state").glob("state.sqlite3.corrupt-*"))
+    assert len(moved) == 1
+    assert moved[0].read_bytes().startswith(b"not a database")
+    assert "60 added" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_state_database_explained_by_export(tmp_path, api):
+    config = write_config(tmp_path, api.base_url)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.sqlite3").write_bytes(b"not a database " * 100)
+
+    result = run_cli("--config", str(config), "export")
+
     assert result.returncode == 1
-    assert "state.sqlite3" in result.stderr
     assert "move it aside" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -847,13 +847,28 @@ def test_status_records_failure() -> None:
     finished = datetime(2026, 1, 15, 8, 0, tzinfo=UTC)
     status = ServiceStatus(last_success=finished)
 
-    status.record_failure(finished + INTERVAL, "listing incomplete", publish_failed=True)
+    status.record_failure(finished + INTERVAL, "listing incomplete")
 
     assert status.last_failure == finished + INTERVAL
     assert status.last_error == "listing incomplete"
-    assert status.publish_failed is True
+    assert status.publish_failed is False
     assert status.last_success == finished
     assert status.ready(finished + INTERVAL, INTERVAL)[0] is True
+
+
+def test_status_not_ready_after_publish_failure() -> None:
+    finished = datetime(2026, 1, 15, 8, 0, tzinfo=UTC)
+    status = ServiceStatus(last_success=finished)
+
+    status.record_failure(finished + INTERVAL, "No space left on device", publish_failed=True)
+    ready, reason = status.ready(finished + INTERVAL, INTERVAL)
+
+    assert ready is False
+    assert "could not write a feed file" in reason
+    assert "No space left" not in reason
+
+    status.record_success(finished + 2 * INTERVAL)
+    assert status.ready(finished + 2 * INTERVAL, INTERVAL)[0] is True
 
 
 def test_status_from_store(synced) -> None:
