@@ -34,7 +34,7 @@ from calsync.errors import (
     StateError,
     SyncCancelledError,
 )
-from calsync.feeds import RenderedFeed, publish, render_feed
+from calsync.feeds import RenderedFeed, publish, remove_stale_temporaries, render_feed
 from calsync.lock import sync_lock
 from calsync.mapping import significant_fields
 from calsync.store import RunRecord, StateStore, StoredBooking, move_aside
@@ -194,6 +194,7 @@ class SyncEngine:
         feeds = self._render_all(store, now, stats)
         self._check_cancel("publishing")
         for feed in feeds:
+            remove_stale_temporaries(feed.path)
             if publish(feed.path, feed.data):
                 stats.published.append(feed.name)
         return SyncResult(stats=stats, feeds=feeds)

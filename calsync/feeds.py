@@ -184,6 +184,13 @@ def _current_umask() -> int:
     return 0o022
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files that a killed process left beside ``path``; call only under the sync lock."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted sync", stale)
+
+
 def _replace_atomically(path: Path, data: bytes, mode: int) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
