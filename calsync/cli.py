@@ -140,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="delay every response by this many milliseconds, like a network round trip (default: 0)",
     )
+    sandbox.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND[=VALUE][:ENDPOINT][@N[,M...]][/BOOKING_ID]",
+        help="inject a fault. Repeat the option to inject several. KIND is one of 429, 500, 502, 503, hang, "
+        "reset, truncated, not-json, success-false, repeat-rows, total-inflated, empty-page, not-found, unauthorized, "
+        "slow. VALUE sets the Retry-After seconds of 429 (default 1), the seconds of hang (default 30), "
+        "the milliseconds of slow (default 500) or the extra rows of total-inflated (default 5). "
+        "ENDPOINT is list, details or any (default any). @N,M limits the fault to those request numbers "
+        "of the endpoint, counted from 1 since the sandbox started. /BOOKING_ID limits it to details of that booking. "
+        "Examples: --fault 503:list@2,3  --fault hang=10:details@1  --fault not-found/<id>",
+    )
     sandbox.set_defaults(command=cmd_sandbox)
 
     demo = commands.add_parser("demo", help="run the sandbox, sync from it and serve the feed on loopback")
@@ -246,7 +259,18 @@ def print_config(config: Config) -> None:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from calsync.sandbox import Sandbox
+    from calsync.sandbox_faults import parse_fault_spec
 
+    faults = []
+    for spec in args.fault:
+        try:
+            faults.append(parse_fault_spec(spec))
+        except ValueError as error:
+            log.error("--fault: %s", error)
+            return EXIT_USAGE
+    if args.latency_ms < 0:
+        log.error("--latency-ms must not be negative, got %s", args.latency_ms)
+        return EXIT_USAGE
     if args.count < 0:
         log.error("--count must be 0 or more, got %d", args.count)
         return EXIT_USAGE
@@ -260,6 +284,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         latency_ms=args.latency_ms,
+        faults=faults,
     )
     try:
         base_url = sandbox.start()
@@ -267,6 +292,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         log.error("%s", error.strerror or error)
         return EXIT_USAGE
     print(f"Cashfin sandbox with {args.count} bookings at {base_url}")
+    for spec in args.fault:
+        print(f"fault: {spec}")
     print(f"use: CASHFIN_CLIENT_SECRET={args.secret} with cashfin.base_url = \"{base_url}\"; Ctrl-C stops it")
     try:
         sandbox.wait()

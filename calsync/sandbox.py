@@ -12,8 +12,9 @@ Nairobi. It includes the awkward cases that a sync has to survive, such as
 all-day bookings stored at 00:00 UTC and at Nairobi midnight (21:00 UTC the
 day before), missing and equal end times, and text with markup, emoji,
 quotes, backslashes and line breaks. ``Sandbox`` serves a data set with
-waitress on loopback, lets tests change it while it is served, and counts
-requests.
+waitress on loopback, lets tests change it while it is served, counts
+requests and injects faults such as 503s, hangs and connection resets
+(``calsync.sandbox_faults``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from calsync.sandbox_faults import (
+    DELAY_KINDS,
+    RESPONSE_KINDS,
+    Fault,
+    FaultRegistry,
+    reset_connection,
+)
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 
 logger = logging.getLogger(__name__)
@@ -83,6 +91,8 @@ DAYS_BEFORE_ANCHOR = 120
 DAYS_AFTER_ANCHOR = 90
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"
 STOP_TIMEOUT_SECONDS = 5.0
 REQUEST_LOG_SIZE = 10_000
 SEARCH_CACHE_SIZE = 64
@@ -1017,9 +1027,17 @@ class _RequestStats:
 
 @dataclass(frozen=True)
 class _Response:
+    """Status, body and extra headers. A dict body is sent as JSON, a str body as ``content_type``."""
+
     status: int
-    body: JsonDict
+    body: JsonDict | str
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = JSON_CONTENT_TYPE
+
+    def encode(self) -> bytes:
+        if isinstance(self.body, str):
+            return self.body.encode("utf-8")
+        return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class _BadRequest(Exception):
@@ -1034,13 +1052,22 @@ class _CashfinApp:
     """WSGI application that serves a ``_BookingStore`` as the Cashfin Bookings API.
 
     Checks run in this order: unknown path (404), method other than GET (405),
-    then the ``Authorization`` header (401).
+    then the ``Authorization`` header (401). Faults from ``faults`` apply to
+    the list and details routes before these checks.
     """
 
-    def __init__(self, store: _BookingStore, secret: str, stats: _RequestStats, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: _BookingStore,
+        secret: str,
+        stats: _RequestStats,
+        faults: FaultRegistry,
+        latency: float = 0.0,
+    ) -> None:
         self._store = store
         self._secret = secret.encode("utf-8")
         self._stats = stats
+        self._faults = faults
         # Seconds every response is held back, so that wall time on loopback reflects round trips.
         self.latency = latency
 
@@ -1051,28 +1078,74 @@ class _CashfinApp:
         method = environ.get("REQUEST_METHOD", "GET")
         path, target = _request_path_and_target(environ)
         route, raw_id = _match_route(path)
+        faults = self._matching_faults(route, raw_id)
+        self._apply_delays(faults, target)
+        response_fault = self._claim_first(faults, RESPONSE_KINDS)
+
+        if response_fault is not None and response_fault.kind == "reset":
+            self._stats.record(route, method, target)
+            logger.debug("%s %s -> connection reset by a fault", method, target)
+            reset_connection(environ)
 
         try:
-            response = self._dispatch(environ, method, route, raw_id)
+            if response_fault is not None:
+                response = _fault_response(response_fault)
+            else:
+                response = self._dispatch(environ, method, route, raw_id, faults)
         except Exception:
             logger.exception("sandbox failed to handle %s %s", method, target)
             response = _error(500, "Internal server error")
 
         self._stats.record(route, method, target)
-        body = json.dumps(response.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        body = response.encode()
         headers = [
-            ("Content-Type", JSON_CONTENT_TYPE),
+            ("Content-Type", response.content_type),
             ("Content-Length", str(len(body))),
             *response.headers,
         ]
+        if self._claim_first(faults, ("truncated",)) is not None:
+            # Content-Length still declares the whole body. Waitress 3.0.2 sends the
+            # bytes it gets, logs "application returned too few bytes" and closes the
+            # connection, which is what a client sees when a server dies mid-response.
+            body = body[: len(body) // 2]
         start_response(f"{response.status} {http.HTTPStatus(response.status).phrase}", headers)
 
         elapsed_ms = (time.perf_counter() - started) * 1000
         logger.debug("%s %s -> %d in %.1f ms", method, target, response.status, elapsed_ms)
         return [body]
 
+    def _matching_faults(self, route: str, raw_id: str | None) -> list[Fault]:
+        if route == "other":
+            return []
+        number = self._faults.next_request_number(route)
+        booking_id = None
+        if raw_id is not None:
+            try:
+                booking_id = _decode_id(raw_id)
+            except _BadRequest:
+                booking_id = None
+        return self._faults.matching(route, number, booking_id)
+
+    def _claim_first(self, faults: list[Fault], kinds: Iterable[str]) -> Fault | None:
+        """Claim and return the first fault of one of ``kinds`` that has not used up its ``times``."""
+        for fault in faults:
+            if fault.kind in kinds and self._faults.claim(fault):
+                return fault
+        return None
+
+    def _apply_delays(self, faults: list[Fault], target: str) -> None:
+        """Hold the request for every matching ``slow`` and ``hang`` fault, until ``Sandbox.stop()`` at most."""
+        for fault in faults:
+            if fault.kind not in DELAY_KINDS or not self._faults.claim(fault):
+                continue
+            seconds = fault.hang_seconds if fault.kind == "hang" else fault.delay_ms / 1000
+            logger.debug("fault %s delays %s by %.3f s", fault.kind, target, seconds)
+            if self._faults.wait(seconds):
+                logger.debug("fault %s on %s ended early because the sandbox stops", fault.kind, target)
+                return
+
     def _dispatch(
-        self, environ: JsonDict, method: str, route: str, raw_id: str | None
+        self, environ: JsonDict, method: str, route: str, raw_id: str | None, faults: list[Fault]
     ) -> _Response:
         if route == "other":
             return _error(404, "Route not found")
@@ -1083,7 +1156,7 @@ class _CashfinApp:
 
         try:
             if route == "list":
-                return self._list(_parse_query(environ))
+                return self._list(_parse_query(environ), faults)
             return self._details(_decode_id(raw_id or ""))
         except _BadRequest as error:
             return _error(400, str(error))
@@ -1093,19 +1166,29 @@ class _CashfinApp:
         sent = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1")
         return hmac.compare_digest(sent, self._secret)
 
-    def _list(self, query: dict[str, str]) -> _Response:
+    def _list(self, query: dict[str, str], faults: list[Fault]) -> _Response:
         page = _positive_int(query, "page", 1)
         limit = min(_positive_int(query, "limit", DEFAULT_LIMIT), MAX_LIMIT)
         selection = self._store.select(query.get("status"), query.get("search"))
 
+        total = len(selection)
         first = (page - 1) * limit
+        data = selection[first : first + limit]
+        for fault in faults:
+            if fault.kind == "repeat-rows" and page > 1 and self._faults.claim(fault):
+                # As if bookings were inserted before this page since the previous one was read.
+                data = selection[first - limit : first]
+            elif fault.kind == "empty-page" and self._faults.claim(fault):
+                data = []
+            elif fault.kind == "total-inflated" and self._faults.claim(fault):
+                total += fault.total_extra
+
         pagination = {
-            "total": len(selection),
+            "total": total,
             "page": page,
             "limit": limit,
-            "pages": math.ceil(len(selection) / limit),
+            "pages": math.ceil(total / limit),
         }
-        data = selection[first : first + limit]
         return _Response(200, {"success": True, "data": data, "pagination": pagination})
 
     def _details(self, booking_id: str) -> _Response:
@@ -1113,6 +1196,36 @@ class _CashfinApp:
         if booking is None:
             return _error(404, "Booking not found")
         return _Response(200, {"success": True, "data": booking})
+
+
+# A 502 page in the style of nginx's default error page, as a gateway in front of an API sends it.
+_BAD_GATEWAY_HTML = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+def _fault_response(fault: Fault) -> _Response:
+    """Build the response of a fault whose kind is in ``RESPONSE_KINDS``, except ``reset``."""
+    if fault.kind == "429":
+        return _error(429, "Too many requests", (("Retry-After", str(fault.retry_after_seconds)),))
+    if fault.kind == "500":
+        return _error(500, "Internal server error")
+    if fault.kind == "502":
+        return _Response(502, _BAD_GATEWAY_HTML, content_type=HTML_CONTENT_TYPE)
+    if fault.kind == "503":
+        return _error(503, "Service unavailable")
+    if fault.kind == "not-json":
+        text = "Service temporarily unavailable. Please try again later.\n"
+        return _Response(200, text, content_type=TEXT_CONTENT_TYPE)
+    if fault.kind == "success-false":
+        return _Response(200, {"success": False, "error": fault.error})
+    if fault.kind == "not-found":
+        return _error(404, "Booking not found")
+    if fault.kind == "unauthorized":
+        return _error(401, "Unauthorized")
+    raise ValueError(f"fault {fault.kind!r} does not replace the response")
 
 
 def _request_path_and_target(environ: JsonDict) -> tuple[str, str]:
@@ -1190,6 +1303,7 @@ class Sandbox:
         port: int = 0,
         threads: int = 8,
         latency_ms: float = 0.0,
+        faults: Iterable[Fault] = (),
     ) -> None:
         """Prepare the data set without serving it yet.
 
@@ -1199,7 +1313,7 @@ class Sandbox:
         empty sandbox. ``threads`` is the number of waitress worker threads.
         ``latency_ms`` delays every response by that many milliseconds, as a
         network round trip would; it can be changed while serving through
-        ``latency_ms``.
+        ``latency_ms``. ``faults`` are added to the ``faults`` registry.
         """
         if not secret:
             raise ValueError(
@@ -1215,9 +1329,12 @@ class Sandbox:
         self._secret = secret
         self._store = _BookingStore(bookings, snapshot_time(anchor))
         self._stats = _RequestStats()
+        self._faults = FaultRegistry()
+        for fault in faults:
+            self._faults.add(fault)
         if latency_ms < 0:
             raise ValueError(f"latency_ms must not be negative, got {latency_ms}")
-        self._app = _CashfinApp(self._store, secret, self._stats, latency_ms / 1000)
+        self._app = _CashfinApp(self._store, secret, self._stats, self._faults, latency_ms / 1000)
         self._host = host
         self._port = port
         self._threads = threads
@@ -1247,6 +1364,11 @@ class Sandbox:
         return self._base_url is not None
 
     @property
+    def faults(self) -> FaultRegistry:
+        """Registry of injected faults: ``sandbox.faults.add(Fault("503", endpoint="list", on_requests={2}))``."""
+        return self._faults
+
+    @property
     def latency_ms(self) -> float:
         """Milliseconds by which every response is delayed."""
         return self._app.latency * 1000
@@ -1268,6 +1390,8 @@ class Sandbox:
 
             server = make_server(self._app, self._host, self._port, threads=self._threads)
             base_url = server_url(server)
+            self._faults.reset_request_numbers()
+            self._faults.restore_waits()
             self._server = server
             self._base_url = base_url
             self._stopped.clear()
@@ -1283,12 +1407,14 @@ class Sandbox:
     def stop(self) -> None:
         """Stop serving, close every socket and end the server threads.
 
-        Does nothing if the sandbox is not running.
+        Requests held by ``hang`` or ``slow`` faults are released first. Does
+        nothing if the sandbox is not running.
         """
         with self._lifecycle_lock:
             server, thread, base_url = self._server, self._server_thread, self._base_url
             if server is None or thread is None:
                 return
+            self._faults.release_waits()
             if not stop_server(server):
                 logger.warning("Sandbox Cashfin API threads did not stop within %.0f s", STOP_TIMEOUT_SECONDS)
             thread.join(STOP_TIMEOUT_SECONDS)
@@ -1376,8 +1502,9 @@ class Sandbox:
         return self._stats.log()
 
     def reset_counts(self) -> None:
-        """Set every request count to zero and clear the request log."""
+        """Set every request count to zero, clear the request log and restart fault request numbers at 1."""
         self._stats.reset()
+        self._faults.reset_request_numbers()
 
 
 def _is_loopback(host: str) -> bool:
