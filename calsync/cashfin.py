@@ -222,6 +222,10 @@ class CashfinClient:
         except (requests.ConnectionError, requests.Timeout) as error:
             self._count(endpoint, "error")
             raise TransportError(url, _describe_transport_error(error)) from error
+        except requests.RequestException as error:
+            # A body cut short (ChunkedEncodingError) and other failures while reading the response.
+            self._count(endpoint, "error")
+            raise TransportError(url, f"{type(error).__name__}: {error}") from error
 
         self._count(endpoint, str(response.status_code))
         log.debug("GET %s %s -> %d", url, dict(params or {}), response.status_code)
