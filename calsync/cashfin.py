@@ -2,7 +2,7 @@
 
 ``CashfinClient.list_bookings`` pages through every booking at the maximum
 page size, fetching pages 2..n concurrently once page 1 has reported the
-total, and returns a ``Listing`` that says whether it is complete.
+total, and returns a ``Listing`` that records whether it is complete.
 ``CashfinClient.fetch_details`` fetches details for many ids with a bounded
 thread pool. Transient failures (connection errors, read timeouts, 429, 502,
 503, 504) are retried by urllib3 with exponential backoff and jitter, bounded
@@ -101,7 +101,7 @@ class Listing:
 
     ``rows`` maps each ``_id`` to its list row, in the order first seen.
     ``complete`` is true only when every page came back well-formed and the
-    number of unique ids agrees with ``pagination.total``; only then may ids
+    number of unique ids agrees with ``pagination.total``. Only then may ids
     absent from ``rows`` be taken as deleted. ``problems`` says why not.
     """
 
@@ -212,7 +212,7 @@ class CashfinClient:
     # -- requests -----------------------------------------------------------
 
     def _get(self, endpoint: str, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Send one GET and return the JSON body of a ``success: true`` answer."""
+        """Send one GET and return the JSON body of a ``success: true`` response."""
         url = self.base_url + path
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)

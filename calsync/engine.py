@@ -115,7 +115,7 @@ def refresh_budget(booking_count: int, config: Config) -> int:
 class SyncEngine:
     """Runs syncs for one configuration; ``client_factory`` lets tests set client options.
 
-    ``last_stats`` holds the counters of the latest run, failed runs included.
+    ``last_stats`` contains the counters of the latest run, failed runs included.
     """
 
     def __init__(self, config: Config, client_factory: Callable[[Config], CashfinClient] | None = None) -> None:

@@ -16,7 +16,7 @@ SECRET = "client-secret"
 
 
 class ScriptedApi:
-    """A WSGI app that answers each path from a queue of scripted responses, then from a default."""
+    """A WSGI app that serves each path from a queue of scripted responses, then from a default."""
 
     def __init__(self) -> None:
         self.scripts: dict[str, deque] = defaultdict(deque)
