@@ -1,6 +1,11 @@
-"""Checks shared by the tests, which parse a rendered feed with two parsers and check its content lines."""
+"""Helpers shared by the tests: parsing a feed with two parsers, waiting for threads, a clean environment."""
 
 from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
 
 import icalendar
 from ical.calendar_stream import IcsCalendarStream
@@ -36,3 +41,24 @@ def check_content_lines(data: bytes) -> None:
         assert b"\n" not in line, f"line {number} contains a bare LF: {line!r}"
         assert len(line) <= MAX_LINE_OCTETS, f"line {number} has {len(line)} octets: {line!r}"
         line.decode("utf-8")
+
+
+def environment_without_calsync() -> dict[str, str]:
+    """Return this process's environment without CALSYNC_* and CASHFIN_* variables, for child processes."""
+    return {key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))}
+
+
+def threads_end(threads_before: set[threading.Thread], timeout: float = 5.0) -> bool:
+    """Wait up to ``timeout`` seconds per thread for every thread started since ``threads_before`` to finish."""
+    for thread in set(threading.enumerate()) - threads_before:
+        thread.join(timeout)
+    return set(threading.enumerate()) <= threads_before
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)

@@ -16,7 +16,7 @@ from calsync.cli import main
 from calsync.lock import sync_lock
 from calsync.sandbox import Sandbox
 from tests.conftest import SANDBOX_ANCHOR
-from tests.helpers import parse_both
+from tests.helpers import environment_without_calsync, parse_both
 
 SECRET = "cli-secret"
 SYNC_TIME = "2026-01-15T08:00:00Z"
@@ -67,7 +67,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=120,
-        env={key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))},
+        env=environment_without_calsync(),
     )
 
 
@@ -240,7 +240,7 @@ def test_demo_serves_a_valid_feed_and_stops_on_ctrl_c(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))},
+        env=environment_without_calsync(),
     )
     try:
         url, state_dir = read_demo_output(demo)
@@ -295,7 +295,7 @@ def test_check_show_config_masks_secrets_and_names_sources(tmp_path, api, capsys
 
 
 def test_bad_log_level_from_environment_exits_two():
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))}
+    environment = environment_without_calsync()
     environment["CALSYNC_LOG_LEVEL"] = "verbose"
 
     result = subprocess.run(

@@ -1,6 +1,5 @@
 """Crash safety: a `calsync sync` killed with SIGKILL at any moment loses nothing."""
 
-import os
 import random
 import signal
 import sqlite3
@@ -11,7 +10,7 @@ import time
 import pytest
 
 from calsync.sandbox import Sandbox
-from tests.helpers import parse_both
+from tests.helpers import environment_without_calsync, parse_both
 
 SECRET = "crash-secret"
 KILLS = 12
@@ -36,7 +35,7 @@ def write_config(tmp_path, base_url):
 
 
 def start_sync(config):
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))}
+    environment = environment_without_calsync()
     return subprocess.Popen(
         [sys.executable, "-m", "calsync", "--log-level", "error", "--config", str(config), "sync"],
         stdout=subprocess.DEVNULL,

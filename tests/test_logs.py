@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest
 from calsync.logs import REDACTED, JsonFormatter, RedactSecrets
 from calsync.sandbox import Sandbox
 from tests.conftest import SANDBOX_ANCHOR
+from tests.helpers import environment_without_calsync
 
 
 def make_record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -89,7 +89,7 @@ token = "json-feed-token"
 """,
         encoding="utf-8",
     )
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))}
+    environment = environment_without_calsync()
 
     result = subprocess.run(
         [sys.executable, "-m", "calsync", "--log-format", "json", "--log-level", "debug", "--config", str(config), "sync"],

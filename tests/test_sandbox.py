@@ -11,7 +11,6 @@ import math
 import re
 import socket
 import threading
-import time
 import zoneinfo
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from calsync.sandbox import (
     parse_timestamp,
     snapshot_time,
 )
+from tests.helpers import threads_end, wait_until
 
 LIST = "/business/booking/list"
 DETAILS = "/business/booking/details/"
@@ -747,14 +747,6 @@ def test_stop_releases_port_and_threads() -> None:
     assert not sandbox.running
 
 
-def threads_end(threads_before: set[threading.Thread], timeout: float = 5.0) -> bool:
-    """Wait until every thread started since ``threads_before`` was taken has ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if set(threading.enumerate()) <= threads_before:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_restart_on_same_port() -> None:
@@ -844,12 +836,6 @@ def test_wait_returns_when_not_running() -> None:
     Sandbox(count=1).wait()
 
 
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_latency_delays_each_response() -> None:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from calsync.cli import main
 from calsync.sandbox import Fault, Sandbox
 from calsync.sandbox_faults import parse_fault_spec
 from tests.conftest import SANDBOX_ANCHOR
+from tests.helpers import threads_end, wait_until
 
 LIST = "/business/booking/list"
 DETAILS = "/business/booking/details/"
@@ -43,22 +43,8 @@ def get_details(client: requests.Session, sandbox: Sandbox, booking_id: str) -> 
     return client.get(sandbox.base_url + DETAILS + booking_id, timeout=10)
 
 
-def threads_end(threads_before: set[threading.Thread], timeout: float = 5.0) -> bool:
-    """Wait until every thread started since ``threads_before`` was taken has ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if set(threading.enumerate()) <= threads_before:
-            return True
-        time.sleep(0.02)
-    return False
 
 
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # --- One test per kind -------------------------------------------------------

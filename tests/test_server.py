@@ -37,7 +37,7 @@ from calsync.server import (
 from calsync.status import ServiceStatus
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 from tests.conftest import SANDBOX_ANCHOR
-from tests.helpers import parse_both
+from tests.helpers import parse_both, threads_end
 
 SYNC_TIME = "2026-01-15T08:00:00Z"
 # Characters that must be percent-encoded in a query string, so that the tests catch a token passed raw.
@@ -890,11 +890,6 @@ def test_status_from_missing_store(tmp_path) -> None:
 # Starting and stopping the server.
 
 
-def threads_end(threads_before: set[threading.Thread], timeout: float = 5.0) -> bool:
-    """Wait until every thread started since ``threads_before`` was taken has finished."""
-    for thread in set(threading.enumerate()) - threads_before:
-        thread.join(timeout)
-    return set(threading.enumerate()) <= threads_before
 
 
 def test_stop_server_releases_port_and_threads(config) -> None:

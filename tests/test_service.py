@@ -1,6 +1,5 @@
 """`calsync serve` as a real process: start-up checks, scheduled and requested syncs, shutdown."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import requests
 
 from calsync.demo import free_port
 from calsync.sandbox import Sandbox
-from tests.helpers import parse_both
+from tests.helpers import environment_without_calsync, parse_both
 
 SECRET = "serve-secret"
 ADMIN = "serve-admin-token"
@@ -53,7 +52,7 @@ name = "bookings"
 
 
 def start_serve(config: Path) -> subprocess.Popen:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))}
+    environment = environment_without_calsync()
     return subprocess.Popen(
         [sys.executable, "-m", "calsync", "--config", str(config), "serve"],
         stdout=subprocess.PIPE,
@@ -164,7 +163,7 @@ def test_metrics_count_the_sync(served):
 
 def test_cron_sync_waits_for_lock_or_runs(served, tmp_path):
     process, base, api = served
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("CALSYNC_", "CASHFIN_"))}
+    environment = environment_without_calsync()
 
     result = subprocess.run(
         [sys.executable, "-m", "calsync", "--config", str(tmp_path / "calsync.toml"), "sync", "--lock-wait", "30"],
