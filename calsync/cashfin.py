@@ -102,7 +102,7 @@ class Listing:
     ``rows`` maps each ``_id`` to its list row, in the order first seen.
     ``complete`` is true only when every page came back well-formed and the
     number of unique ids agrees with ``pagination.total``. Only then may ids
-    absent from ``rows`` be taken as deleted. ``problems`` says why not.
+    absent from ``rows`` be taken as deleted. ``problems`` lists the reasons when it is not.
     """
 
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -140,9 +140,9 @@ class CashfinClient:
     ``timeout`` is in seconds and applies to the connection and to each read.
     ``retry_budget`` bounds, in seconds, the time one request may spend on
     retries. ``request_counts`` counts the requests made per endpoint
-    (``list`` and ``details``), and ``status_counts`` per endpoint and final
-    HTTP status (``"error"`` when no response arrived); a request retried by
-    urllib3 counts once, with the status of its last attempt.
+    (``list`` and ``details``). ``status_counts`` counts them per endpoint and
+    final HTTP status, with ``"error"`` when no response arrived. A request
+    retried by urllib3 counts once, with the status of its last attempt.
     """
 
     def __init__(
@@ -336,11 +336,15 @@ class CashfinClient:
     def _check_complete(listing: Listing, pages: list[_Page]) -> None:
         """Record why the listing cannot be trusted for deletions, if it cannot.
 
-        Page 1's total is the reference. With the API's newest-first order a
-        booking inserted while paging repeats a row on a later page and a
-        booking deleted while paging hides one; the first keeps the unique
-        count at page 1's total and the second drops it below, so a count
-        below the reference always means a row was missed.
+        Page 1's total is the reference. With a newest-first order, a booking
+        inserted while paging repeats a row on a later page, which keeps the
+        unique count at page 1's total. A booking deleted while paging hides a
+        row, which drops the count below it. So a count below the reference
+        means a row was missed.
+
+        NOTE: the newest-first order is the sandbox's. The real API's order is
+        undocumented; with another order an insert and a delete during one
+        listing could cancel out in the count.
         """
         received = len(listing.rows) + listing.malformed
         largest_total = max(page.total for page in pages)

@@ -1,9 +1,9 @@
 """The ``calsync`` command line: argument parsing, logging set-up and exit codes.
 
 Each command imports its work inside its function so that ``calsync --help``
-stays fast, and every error reaches ``main``, which turns it into one message
-and an exit code: 0 success, 1 sync failed (feeds untouched), 2 invalid
-config or usage, 3 another sync holds the lock.
+stays fast. Every error reaches ``main``, which turns it into one message and
+an exit code: 0 success, 1 sync failed (feeds untouched), 2 invalid config or
+usage, 3 another sync holds the lock.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class AuthenticationError(CashfinError):
 
 
 class ApiError(CashfinError):
-    """The API answered, but not with a usable JSON body.
+    """The API responded, but not with a usable JSON body.
 
     ``status`` is the HTTP status and ``excerpt`` the first characters of the
     body, so that an operator can see what came back (an HTML error page, a

@@ -45,7 +45,7 @@ def sync_lock(state_dir: Path, wait: float = 5.0) -> Iterator[None]:
         try:
             yield
         finally:
-            # An empty file tells the next waiter that the process holding the lock then is not calsync.
+            # An empty file shows the next waiter that the process holding the lock then is not calsync.
             os.ftruncate(descriptor, 0)
     finally:
         os.close(descriptor)

@@ -98,7 +98,7 @@ _MAX_AMOUNT_EXPONENT = 30
 
 
 class ExactText(icalendar.vText):
-    """A TEXT value escaped exactly as RFC 5545 section 3.3.11 says.
+    """A TEXT value escaped exactly as RFC 5545 section 3.3.11 specifies.
 
     icalendar 7.3's ``vText`` first rewrites a backslash followed by "N" as a
     line break, because it assumes such input is already escaped; booking

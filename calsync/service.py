@@ -2,7 +2,7 @@
 
 The scheduler runs a sync at start and every ``sync.interval``, and the server
 serves feed requests from the last published bytes. On SIGTERM, SIGINT or SIGHUP
-the service stops accepting requests, asks a running sync to stop before it
+the service stops accepting requests, signals a running sync to stop before it
 commits or publishes, waits for it up to ``SHUTDOWN_SECONDS``, and exits 0.
 """
 
