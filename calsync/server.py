@@ -105,6 +105,10 @@ class FeedApp:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_URI", "").startswith("//"):
+            # waitress turns "//feeds/x.ics" into "/feeds/x.ics". Keeping the slashes makes such a
+            # request not found, so that each feed has exactly one URL.
+            path = "//" + path.lstrip("/")
         response = self._respond(method, path, environ)
         if response.status != HTTPStatus.NOT_MODIFIED:
             # Set here rather than by waitress, so that a HEAD response has the length of the GET body.
