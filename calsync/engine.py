@@ -22,14 +22,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from calsync.cashfin import CashfinClient, DetailsResult, Listing, client_for
 from calsync.config import Config
 from calsync.errors import (
     CalsyncError,
-    CorruptStateError,
     ListingIncompleteError,
     StateError,
     SyncCancelledError,
@@ -37,7 +35,7 @@ from calsync.errors import (
 from calsync.feeds import RenderedFeed, publish, remove_stale_temporaries, render_feed
 from calsync.lock import sync_lock
 from calsync.mapping import significant_fields
-from calsync.store import RunRecord, StateStore, StoredBooking, move_aside
+from calsync.store import RunRecord, StateStore, StoredBooking, open_or_rebuild
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +135,7 @@ class SyncEngine:
 
     def _open_store(self) -> StateStore:
         """Open the state database; a damaged one is moved aside and rebuilt by this full sync."""
-        try:
-            return StateStore.open_in(self.config.sync.state_dir)
-        except CorruptStateError as error:
-            moved = move_aside(Path(error.path), datetime.now(UTC))
-            log.error(
-                "state database %s is damaged (%s); moved it to %s and rebuilding it with a full sync",
-                error.path, error.reason.split(". ")[0], moved,
-            )
-            return StateStore.open_in(self.config.sync.state_dir)
+        return open_or_rebuild(self.config.sync.state_dir)
 
     def _check_cancel(self, step: str) -> None:
         if self._cancel is not None and self._cancel.is_set():

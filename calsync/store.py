@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -125,7 +126,7 @@ class StateStore:
         except sqlite3.DatabaseError as error:
             if _is_corruption(error):
                 raise CorruptStateError(str(path), f"cannot open: {error}. {REBUILD_HINT}") from error
-            raise StateError(str(path), f"cannot open: {error}") from error
+            raise StateError(str(path), f"cannot open: {error}{_access_hint(error)}") from error
 
     @classmethod
     def open_in(cls, state_dir: Path) -> StateStore:
@@ -133,6 +134,21 @@ class StateStore:
 
     def close(self) -> None:
         self.connection.close()
+
+    def check(self) -> None:
+        """Run SQLite's ``quick_check`` over every page; raise ``CorruptStateError`` when it finds damage.
+
+        It reads the whole file once, about as long as reading every booking,
+        and finds damage that opening the file does not, such as a broken page.
+        """
+        try:
+            problems = [row[0] for row in self.connection.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as error:
+            raise CorruptStateError(str(self.path), f"check failed: {error}. {REBUILD_HINT}") from error
+        if problems != ["ok"]:
+            # SQLite puts line breaks inside its messages too, and a log line must stay one line.
+            found = "; ".join(problems).replace("\n", "; ")
+            raise CorruptStateError(str(self.path), f"check failed: {found}. {REBUILD_HINT}")
 
     def __enter__(self) -> StateStore:
         return self
@@ -162,13 +178,13 @@ class StateStore:
         try:
             self.connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            raise StateError(str(self.path), f"cannot write: {error}") from error
+            raise _write_error(self.path, error, _access_hint(error)) from error
         try:
             yield self.connection
             self.connection.execute("COMMIT")
         except sqlite3.Error as error:
             self.connection.execute("ROLLBACK")
-            raise StateError(str(self.path), f"cannot write: {error}. {REBUILD_HINT}") from error
+            raise _write_error(self.path, error, f". {REBUILD_HINT}") from error
         except BaseException:
             self.connection.execute("ROLLBACK")
             raise
@@ -184,7 +200,7 @@ class StateStore:
             columns = [description[0] for description in cursor.description]
             return {row[0]: _booking_from_row(dict(zip(columns, row))) for row in cursor}
         except sqlite3.Error as error:
-            raise StateError(str(self.path), f"cannot read bookings: {error}. {REBUILD_HINT}") from error
+            raise _read_error(self.path, "bookings", error) from error
 
     def save_bookings(self, bookings: Iterable[StoredBooking]) -> None:
         """Insert or replace bookings; call inside ``transaction()``."""
@@ -234,13 +250,72 @@ class StateStore:
         try:
             return self.connection.execute(query, parameters).fetchall()
         except sqlite3.Error as error:
-            raise StateError(str(self.path), f"cannot read sync runs: {error}. {REBUILD_HINT}") from error
+            raise _read_error(self.path, "sync runs", error) from error
+
+
+def open_or_rebuild(state_dir: Path) -> StateStore:
+    """Open and check the state database of ``state_dir``; move a damaged one aside and start an empty one.
+
+    The empty database makes the next sync a full one, which rebuilds it from the API.
+    """
+    try:
+        store = StateStore.open_in(state_dir)
+    except CorruptStateError as error:
+        _report_and_move_aside(error)
+        return StateStore.open_in(state_dir)
+
+    try:
+        store.check()
+    except CorruptStateError as error:
+        store.close()
+        _report_and_move_aside(error)
+        return StateStore.open_in(state_dir)
+    return store
+
+
+def _report_and_move_aside(error: CorruptStateError) -> None:
+    try:
+        moved = move_aside(Path(error.path), datetime.now(UTC))
+    except OSError as move_error:
+        raise StateError(
+            error.path, f"is damaged ({error.reason.split('. ')[0]}) and cannot be moved aside: "
+            f"{move_error.strerror or move_error}. {REBUILD_HINT}",
+        ) from move_error
+    log.error(
+        "state database %s is damaged (%s); moved it to %s and rebuilding it with a full sync",
+        error.path, error.reason.split(". ")[0], moved,
+    )
 
 
 def _is_corruption(error: sqlite3.DatabaseError) -> bool:
     """Tell a damaged file from a locked, read-only or missing one by SQLite's error code."""
     code = getattr(error, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    # The low byte is the primary code; extended codes such as SQLITE_CORRUPT_INDEX add detail above it.
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _read_error(path: Path, records: str, error: sqlite3.Error) -> StateError:
+    """Return the error to raise when reading ``records`` failed: ``CorruptStateError`` for a damaged file."""
+    kind = CorruptStateError if isinstance(error, sqlite3.DatabaseError) and _is_corruption(error) else StateError
+    return kind(str(path), f"cannot read {records}: {error}. {REBUILD_HINT}")
+
+
+def _write_error(path: Path, error: sqlite3.Error, hint: str) -> StateError:
+    """Return the error to raise when a write failed: ``CorruptStateError`` for a damaged file."""
+    if isinstance(error, sqlite3.DatabaseError) and _is_corruption(error):
+        return CorruptStateError(str(path), f"cannot write: {error}. {REBUILD_HINT}")
+    return StateError(str(path), f"cannot write: {error}{hint}")
+
+
+def _access_hint(error: sqlite3.Error) -> str:
+    """Return a sentence on file permissions when SQLite could not open or write the file, else ''."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None or (code & 0xFF) not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        return ""
+    return (
+        f". Check that user id {os.getuid()}, which runs calsync, can read and write the file, "
+        "its -wal and -shm files and their directory"
+    )
 
 
 def move_aside(path: Path, when: datetime) -> Path:

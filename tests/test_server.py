@@ -871,6 +871,31 @@ def test_status_not_ready_after_publish_failure() -> None:
     assert status.ready(finished + 2 * INTERVAL, INTERVAL)[0] is True
 
 
+def test_status_not_ready_after_state_failure() -> None:
+    finished = datetime(2026, 1, 15, 8, 0, tzinfo=UTC)
+    status = ServiceStatus(last_success=finished)
+
+    status.record_failure(finished + INTERVAL, "unable to open database file", state_failed=True)
+    ready, reason = status.ready(finished + INTERVAL, INTERVAL)
+
+    assert ready is False
+    assert reason == "the last sync could not use the state database; the previous feeds are still served"
+    assert status.state_failed is True
+    assert status.publish_failed is False
+
+    status.record_failure(finished + 2 * INTERVAL, "listing incomplete")
+    assert status.ready(finished + 2 * INTERVAL, INTERVAL)[0] is True
+
+
+def test_status_from_unreadable_store(tmp_path) -> None:
+    (tmp_path / "state.sqlite3").write_bytes(b"not a database " * 100)
+
+    status = ServiceStatus.from_store(tmp_path)
+
+    assert status.last_success is None
+    assert status.ready(datetime.now(UTC), INTERVAL) == (False, "no successful sync yet")
+
+
 def test_status_from_store(synced) -> None:
     status = ServiceStatus.from_store(synced.state_dir)
     synced_at = datetime.fromisoformat(SYNC_TIME)
