@@ -9,6 +9,7 @@ one, never a partial one. Identical bytes are not rewritten.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -149,9 +150,16 @@ def publish(path: Path, data: bytes, mode: int | None = FEED_FILE_MODE) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
         _replace_atomically(target, data, mode if mode is not None else _default_mode(target))
     except OSError as error:
-        raise PublishError(str(path), error.strerror or str(error)) from error
+        raise PublishError(str(path), describe_os_error(error)) from error
     log.info("published %s (%d bytes)", path, len(data))
     return True
+
+
+def describe_os_error(error: OSError) -> str:
+    """Return the system's message for ``error`` with its errno name, such as "No space left on device (ENOSPC)"."""
+    name = errno.errorcode.get(error.errno) if error.errno is not None else None
+    message = error.strerror or str(error)
+    return f"{message} ({name})" if name else message
 
 
 def _holds(path: Path, data: bytes) -> bool:
@@ -185,9 +193,17 @@ def _current_umask() -> int:
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files that a killed process left beside ``path``; call only under the sync lock."""
+    """Delete temporary files that a killed process left beside ``path``; call only under the sync lock.
+
+    A file that cannot be deleted is logged and left, so that the publish
+    that follows reports the real problem with the directory.
+    """
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
+        try:
+            stale.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("could not remove %s, left by an interrupted sync: %s", stale, describe_os_error(error))
+            continue
         log.info("removed %s, left by an interrupted sync", stale)
 
 
