@@ -30,15 +30,16 @@ def write_config(
     admin_token: str = "",
     interval: str = "1h",
     cashfin: str = "",
+    sync: str = "",
     feeds: str = "",
 ) -> Path:
-    """Write a config that listens on a free loopback port; ``cashfin`` and ``feeds`` add TOML lines.
+    """Write a config that listens on a free loopback port; ``cashfin``, ``sync`` and ``feeds`` add TOML lines.
 
     The config rejects port 0, so the port is one that the system reported free a moment before.
     """
     path.write_text(
         f'[cashfin]\nbase_url = "{base_url}"\nclient_secret = "{secret}"\n{cashfin}\n'
-        f'[sync]\nstate_dir = "{state_dir.as_posix()}"\ninterval = "{interval}"\n'
+        f'[sync]\nstate_dir = "{state_dir.as_posix()}"\ninterval = "{interval}"\n{sync}\n'
         f'[server]\nlisten = "127.0.0.1:{free_port()}"\nadmin_token = "{admin_token}"\n'
         f'[[feeds]]\nname = "bookings"\ntoken = "{token}"\n{feeds}\n',
         encoding="utf-8",
