@@ -468,7 +468,9 @@ SCHEMA: Sequence[Option] = (
                  "/run/secrets/calsync_feed_token"),
     Option(FEEDS, "public", False, BOOLEAN, "Serve the feed without a token.", example=True),
     Option(FEEDS, "statuses", ["scheduled", "completed", "no-show", "cancelled"], STRING_LIST,
-           f"Booking statuses to include, from: {', '.join(STATUSES)}.", _statuses),
+           f"Booking statuses to include, from: {', '.join(STATUSES)}. Case and separators do not matter "
+           "(Cancelled is cancelled), and a booking with a missing or unknown status counts as scheduled: "
+           "it is shown as confirmed and logged as a warning.", _statuses),
     Option(FEEDS, "types", [], STRING_LIST, "Booking types to include. An empty list includes every type.", _types,
            example=["consultation"]),
     Option(FEEDS, "past_days", 90, INTEGER,

@@ -94,7 +94,8 @@ class SyncResult:
 def fingerprint(row: dict[str, Any]) -> str:
     """Hash a list row; any change to a list field changes the hash."""
     canonical = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: API text may hold lone surrogates (JSON allows \ud800), which strict UTF-8 refuses.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def significant_hash(record: dict[str, Any]) -> str:

@@ -256,9 +256,9 @@ def move_aside(path: Path, when: datetime) -> Path:
 def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
     return (
         booking.id,
-        json.dumps(booking.row, sort_keys=True, ensure_ascii=False),
+        _json_text(booking.row),
         booking.fingerprint,
-        None if booking.details is None else json.dumps(booking.details, sort_keys=True, ensure_ascii=False),
+        None if booking.details is None else _json_text(booking.details),
         utc_text(booking.details_fetched_at) if booking.details_fetched_at else None,
         booking.significant,
         booking.sequence,
@@ -266,6 +266,20 @@ def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
         utc_text(booking.last_seen),
         utc_text(booking.removed_at) if booking.removed_at else None,
     )
+
+
+def _json_text(value: object) -> str:
+    """Return JSON text that SQLite can store as UTF-8.
+
+    Text with a lone surrogate (JSON allows ``\ud800``) has no UTF-8 form,
+    so such a value is written with ASCII escapes, which read back the same.
+    """
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, sort_keys=True)
+    return text
 
 
 def _booking_from_row(row: dict[str, Any]) -> StoredBooking:
