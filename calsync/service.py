@@ -76,6 +76,7 @@ class Service:
             result = self.engine.run(lock_wait=LOCK_WAIT_SECONDS, cancel=self.cancel)
         except LockHeldError as error:
             log.warning("skipped this sync: %s", error)
+            self.status.record_skipped(datetime.now(UTC), str(error))
         except CalsyncError as error:
             self._record_failure(error)
         except Exception as error:  # a bug must not stop the daemon; the next tick tries again
