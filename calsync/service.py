@@ -62,7 +62,10 @@ class Service:
             self.metrics.last_success.set(self.status.last_success.timestamp())
         self.scheduler = SyncScheduler(self.sync_once, self.config.sync.interval)
         request_sync = self.scheduler.request_now if self.config.server.admin_token else None
-        self.app = FeedApp(self.config, status=self.status, metrics=self.metrics, request_sync=request_sync)
+        self.app = FeedApp(
+            self.config, status=self.status, metrics=self.metrics, request_sync=request_sync,
+            sync_running=lambda: self.scheduler.syncing,
+        )
 
     def sync_once(self) -> None:
         """Run one sync and record its outcome; errors are logged, not raised."""
