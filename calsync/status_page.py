@@ -77,6 +77,13 @@ tr.failed td { background: #fff5f5; }
 .outcome-failed { color: #b00020; font-weight: 700; }
 .outcome-success { color: #1e7b34; }
 tr.detail td { font-size: .9rem; border-bottom: 2px solid var(--line); }
+@media (max-width: 40rem) {
+  #history thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); }
+  #history tr, #history td { display: block; }
+  #history tr { border-bottom: 1px solid var(--line); padding: .3rem 0; }
+  #history td { border: 0; padding: .05rem .5rem; text-align: left; }
+  #history td[data-label]::before { content: attr(data-label) ": "; color: var(--muted); }
+}
 .agenda { list-style: none; padding: 0; margin: 0; }
 .agenda > li { margin: 0 0 .75rem; }
 .agenda ul { margin: .25rem 0 0; padding-left: 1.25rem; }
@@ -313,15 +320,16 @@ def _number_class(column: str) -> str:
 
 def _run_rows(run: RunSummary, timezone: ZoneInfo) -> str:
     duration = "–" if run.seconds is None else f"{run.seconds:.2f} s"
+    # data-label names the column for the narrow layout, which shows each run as a block of labelled lines.
     cells = [
-        f'<td><time datetime="{escape(run.started_at.isoformat())}">{escape(format_time(run.started_at, timezone))}'
-        "</time></td>",
-        f'<td class="number">{escape(duration)}</td>',
-        f'<td class="number">{run.requests}</td>',
-        f'<td class="number">{run.added}</td>',
-        f'<td class="number">{run.changed}</td>',
-        f'<td class="number">{run.removed}</td>',
-        f"<td>{_outcome(run)}</td>",
+        f'<td data-label="Started"><time datetime="{escape(run.started_at.isoformat())}">'
+        f"{escape(format_time(run.started_at, timezone))}</time></td>",
+        f'<td class="number" data-label="Duration">{escape(duration)}</td>',
+        f'<td class="number" data-label="Requests">{run.requests}</td>',
+        f'<td class="number" data-label="Added">{run.added}</td>',
+        f'<td class="number" data-label="Changed">{run.changed}</td>',
+        f'<td class="number" data-label="Removed">{run.removed}</td>',
+        f'<td data-label="Outcome">{_outcome(run)}</td>',
     ]
     row_class = ' class="failed"' if run.outcome == "failed" else ""
     rows = [f"<tr{row_class}>{''.join(cells)}</tr>"]
