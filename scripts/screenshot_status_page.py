@@ -22,10 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "status-page.png"
 CHROMIUM = "/usr/bin/chromium"
-# The flags keep Chromium from contacting any host but the loopback server it is pointed at.
+# The flags turn off Chromium's background requests (component updates, sync) and any proxy,
+# so that it talks only to the loopback server it is pointed at.
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--disable-component-update", "--disable-sync", "--no-proxy-server",
 ]
 
 sys.path.insert(0, str(ROOT))

@@ -47,7 +47,8 @@ SECRET = "browser-secret"
 MARKUP_TITLE = '<script>window.owned = true</script><img src=x onerror="window.owned = true"> Yoga & <b>tea</b>'
 # Playwright's launch() gives every browser a new temporary --user-data-dir and rejects one passed in args
 # (checked in Playwright 1.65).
-# The other flags keep Chromium from contacting any host but the loopback servers of the tests.
+# The other flags turn off Chromium's background requests (component updates, sync) and any proxy,
+# so that it talks only to the loopback servers of the tests.
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-proxy-server",
