@@ -1,4 +1,4 @@
-"""What the status page shows, gathered from the state store, the published feeds and the daemon's status.
+"""The data of the status page, gathered from the state store, the published feeds and the daemon's status.
 
 ``build_report`` reads everything for one page view into a ``StatusReport``.
 It contains one ``FeedSummary`` per feed, the last ``HISTORY_RUNS`` sync
@@ -174,18 +174,21 @@ class _StoredState:
 
 
 class AgendaCache:
-    """The events of a published feed, parsed once per version of its bytes."""
+    """The agenda's events of a published feed, parsed once per version of its bytes and per day."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._etag: str | None = None
+        self._key: tuple[str, date] | None = None
         self._events: list[AgendaEvent] = []
 
-    def events(self, version: FeedVersion, timezone: ZoneInfo) -> list[AgendaEvent]:
+    def events(self, version: FeedVersion, timezone: ZoneInfo, today: date) -> list[AgendaEvent]:
+        """Return the events of ``version`` that may fall within ``AGENDA_DAYS`` days from ``today``."""
+        key = (version.plain.etag, today)
         with self._lock:
-            if self._etag != version.plain.etag:
-                self._events = parse_events(version.plain.data, timezone)
-                self._etag = version.plain.etag
+            if self._key != key:
+                window = (today, today + timedelta(days=AGENDA_DAYS))
+                self._events = parse_events(version.plain.data, timezone, window)
+                self._key = key
             return self._events
 
 
@@ -208,8 +211,9 @@ def build_report(
     agenda: list[AgendaDay] = []
     version = cache.get(agenda_feed.name) if agenda_feed else None
     if version is not None:
-        events = (agenda_cache or AgendaCache()).events(version, timezone)
-        agenda = upcoming_days(events, now.astimezone(timezone), AGENDA_DAYS)
+        local_now = now.astimezone(timezone)
+        events = (agenda_cache or AgendaCache()).events(version, timezone, local_now.date())
+        agenda = upcoming_days(events, local_now, AGENDA_DAYS)
 
     health = assess_health(
         config, stored, feeds, now, status=status, sync_running=sync_running,
@@ -228,7 +232,7 @@ def build_report(
 
 
 def _read_state(config: Config) -> _StoredState:
-    """Read runs and bookings; a missing database is an empty state and is not created here."""
+    """Read runs and bookings. A missing database is an empty state, and it is not created here."""
     if not (config.sync.state_dir / STATE_FILE).exists():
         return _StoredState()
     try:
@@ -486,8 +490,16 @@ def format_size(size: int) -> str:
 # The agenda.
 
 
-def parse_events(data: bytes, timezone: ZoneInfo) -> list[AgendaEvent]:
-    """Parse a published feed into agenda events sorted by start, with timed events in ``timezone``."""
+def parse_events(data: bytes, timezone: ZoneInfo, window: tuple[date, date] | None = None) -> list[AgendaEvent]:
+    """Parse a published feed into agenda events sorted by start, with timed events in ``timezone``.
+
+    With a ``window`` of local dates, only events that may overlap it are
+    parsed. icalendar 7 took about 3 s for a feed of 3,000 demo bookings on
+    a 2-core machine, and about 0.2 s for the events of 14 days. The result
+    may still contain events just outside the window.
+    """
+    if window is not None:
+        data = _events_near(data, *window)
     try:
         calendar = icalendar.Calendar.from_ical(data)
     except ValueError as error:
@@ -516,6 +528,51 @@ def parse_events(data: bytes, timezone: ZoneInfo) -> list[AgendaEvent]:
     return events
 
 
+def _events_near(data: bytes, first_day: date, last_day: date) -> bytes:
+    """Return a calendar with only the VEVENTs of ``data`` whose UTC dates come within a day of the window.
+
+    The day of margin covers every UTC offset. An event whose DTSTART
+    cannot be read this way is kept, so that icalendar decides.
+    """
+    kept = [b"BEGIN:VCALENDAR", b"VERSION:2.0"]
+    for block in _event_blocks(data):
+        start = _line_date(block, b"DTSTART")
+        end = _line_date(block, b"DTEND") or start
+        if start is None or end is None:
+            kept += block
+        elif start <= last_day + timedelta(days=1) and end >= first_day - timedelta(days=1):
+            kept += block
+    kept += [b"END:VCALENDAR", b""]
+    return b"\r\n".join(kept)
+
+
+def _event_blocks(data: bytes) -> list[list[bytes]]:
+    """Split a feed into the content lines of each VEVENT, alarms included. Only a whole line starts or ends one."""
+    blocks = []
+    current: list[bytes] | None = None
+    for line in data.split(b"\r\n"):
+        if line == b"BEGIN:VEVENT":
+            current = [line]
+        elif current is not None:
+            current.append(line)
+            if line == b"END:VEVENT":
+                blocks.append(current)
+                current = None
+    return blocks
+
+
+def _line_date(block: list[bytes], name: bytes) -> date | None:
+    """Read the date of a DTSTART or DTEND line, such as ``DTSTART:20260115T070000Z``, or None when it is unreadable."""
+    for line in block:
+        if line.startswith(name + b":") or line.startswith(name + b";"):
+            digits = line.rpartition(b":")[2][:8]
+            try:
+                return datetime.strptime(digits.decode("ascii"), "%Y%m%d").date()
+            except (UnicodeDecodeError, ValueError):
+                return None
+    return None
+
+
 def upcoming_days(events: list[AgendaEvent], now: datetime, days: int) -> list[AgendaDay]:
     """Group the events that have not ended by ``now`` and start within ``days`` days, by local start date.
 
@@ -534,7 +591,7 @@ def upcoming_days(events: list[AgendaEvent], now: datetime, days: int) -> list[A
 
 
 def _ended(event: AgendaEvent, now: datetime) -> bool:
-    """Tell whether an event is over at ``now``; an all-day DTEND is exclusive, and a missing one means one day."""
+    """Tell whether an event is over at ``now``. An all-day DTEND is exclusive, and a missing one means one day."""
     if isinstance(event.start, datetime):
         end = event.end if isinstance(event.end, datetime) else event.start
         return end <= now

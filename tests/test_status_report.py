@@ -128,3 +128,28 @@ def test_summarize_run_counts_requests_and_warnings() -> None:
     assert len(summary.warnings) == 2
     assert summary.warnings[0].startswith("2 booking(s) could not be turned into events")
     assert summary.warnings[1].startswith("Fetching details failed for 4 booking(s)")
+
+
+def vevent(uid: str, start: str, end: str | None = None) -> str:
+    lines = [f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nSUMMARY:{uid}\r\n{start}\r\n"]
+    if end:
+        lines.append(f"{end}\r\n")
+    lines.append("BEGIN:VALARM\r\nACTION:DISPLAY\r\nDESCRIPTION:x\r\nTRIGGER:-PT15M\r\nEND:VALARM\r\nEND:VEVENT\r\n")
+    return "".join(lines)
+
+
+def test_parse_events_window_skips_far_events() -> None:
+    feed = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\n"
+        + vevent("long-ago", "DTSTART:20250101T070000Z", "DTEND:20250101T080000Z")
+        + vevent("started-before", "DTSTART;VALUE=DATE:20260110", "DTEND;VALUE=DATE:20260120")
+        + vevent("evening-before", "DTSTART:20260114T220000Z", "DTEND:20260114T230000Z")
+        + vevent("inside", "DTSTART:20260120T070000Z", "DTEND:20260120T080000Z")
+        + vevent("far-future", "DTSTART:20260301T070000Z")
+        + "END:VCALENDAR\r\n"
+    ).encode()
+
+    events = parse_events(feed, NAIROBI, (date(2026, 1, 15), date(2026, 1, 29)))
+
+    summaries = [event.summary for event in events]
+    assert summaries == ["started-before", "evening-before", "inside"]
