@@ -1,6 +1,6 @@
 """The status page's routes: ``GET /``, ``GET``/``POST /login``, ``POST /logout`` and the form ``POST /sync``.
 
-All of them exist only when ``server.admin_token`` is set, and answer the
+All of them exist only when ``server.admin_token`` is set, and return the
 feed server's plain 404 otherwise. An operator logs in with the admin token
 and gets a session cookie (HttpOnly, SameSite=Strict, Path=/, and Secure
 when the request came over https). Every form post carries the session's
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 Environ = dict[str, Any]
 
 FORM_TYPE = "application/x-www-form-urlencoded"
-# The forms send a token of at most a few hundred bytes; the server itself caps bodies at 64 KiB.
+# The forms send a token of at most a few hundred bytes. The server itself caps bodies at 64 KiB.
 MAX_FORM_BYTES = 8 * 1024
 HTML_HEADERS = [
     ("Content-Type", "text/html; charset=utf-8"),
@@ -57,11 +57,11 @@ HTML_HEADERS = [
 
 
 class StatusPages:
-    """Serves the status page for one config; ``enabled`` is false without an admin token.
+    """Serves the status page for one config. ``enabled`` is false without an admin token.
 
-    ``request_sync`` queues a sync and returns False when it cannot;
-    ``sync_running`` tells whether a sync runs now. Without ``request_sync``
-    the page has no "Sync now" button.
+    ``request_sync`` queues a sync and returns False when it cannot.
+    ``sync_running`` returns whether a sync runs now. Without
+    ``request_sync`` the page has no "Sync now" button.
     """
 
     def __init__(
@@ -227,7 +227,7 @@ class StatusPages:
 
 
 def _form(environ: Environ) -> dict[str, str]:
-    """Read an urlencoded form body; any other content type gives an empty form."""
+    """Read an urlencoded form body. Any other content type gives an empty form."""
     content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if content_type != FORM_TYPE:
         return {}

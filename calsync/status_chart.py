@@ -24,7 +24,7 @@ AXIS_COLOR = "#6b6b6b"
 
 
 def render_chart(runs: Sequence[RunSummary]) -> str:
-    """Return an ``<svg>`` element for ``runs``, given newest first as the history lists them; "" without runs."""
+    """Return an ``<svg>`` element for ``runs``, given newest first as the history lists them, or "" without runs."""
     if not runs:
         return ""
     ordered = list(reversed(runs))

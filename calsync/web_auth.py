@@ -25,7 +25,7 @@ SESSION_SECONDS = 12 * 3600
 # A client address is throttled after this many failed logins within the window.
 MAX_LOGIN_FAILURES = 10
 LOGIN_WINDOW_SECONDS = 600
-# Client addresses tracked by the throttle; the oldest is forgotten beyond this, bounding memory.
+# Client addresses tracked by the throttle. Beyond this the oldest is forgotten, which bounds memory.
 MAX_TRACKED_ADDRESSES = 1024
 _KEY_LABEL = b"calsync status page session v1"
 
@@ -48,7 +48,7 @@ class Session:
 
 
 class SessionSigner:
-    """Issues and verifies session cookies for one admin token; safe to use from many threads."""
+    """Issues and verifies session cookies for one admin token. It is safe to use from many threads."""
 
     def __init__(self, admin_token: str, lifetime: int = SESSION_SECONDS) -> None:
         self._key = hmac.new(admin_token.encode("utf-8"), _KEY_LABEL, hashlib.sha256).digest()
@@ -125,7 +125,7 @@ class LoginThrottle:
             return max(1, int(failures[0] + self.window - now) + 1)
 
     def record_failure(self, address: str) -> int:
-        """Count one failed login from ``address``; return its failures within the window."""
+        """Count one failed login from ``address`` and return its failures within the window."""
         now = time.time()
         with self._lock:
             failures = self._recent(address, now)
