@@ -88,7 +88,12 @@ class SessionSigner:
         return bool(submitted) and secrets_equal(str(submitted), session.csrf_token)
 
     def revoke(self, session: Session) -> None:
-        """Reject this session from now on, as after logging out. Revocations last until the session expires."""
+        """Reject this session from now on, as after logging out. Revocations last until the session expires.
+
+        NOTE: revocations live in memory, so after a restart a logged-out
+        cookie is accepted again until it expires. Changing the admin token
+        ends every session for good.
+        """
         now = time.time()
         with self._lock:
             for nonce, expires in list(self._revoked.items()):
