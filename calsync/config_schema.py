@@ -449,9 +449,10 @@ SCHEMA: Sequence[Option] = (
            "It must not contain a user name or password.",
            _public_url, example="https://calendar.example.com"),
     Option("server", "admin_token", "", STRING,
-           "Token that enables `POST /sync`, which queues a sync to start now. Clients send it as "
-           "`Authorization: Bearer <token>`, so it may contain only printable ASCII and no spaces at either end. "
-           "When it is empty, `POST /sync` answers 404. `/healthz`, `/readyz` and `/metrics` need no token.",
+           "Token that enables the status page at `/` and `POST /sync`, which queues a sync to start now. "
+           "Operators log in to the page with it, and scripts send it as `Authorization: Bearer <token>`, so it "
+           "may contain only printable ASCII and no spaces at either end. When it is empty, the status page and "
+           "`POST /sync` answer 404. `/healthz`, `/readyz` and `/metrics` need no token.",
            _header_secret("token"), example="a-long-random-string", secret=True),
     _secret_file("server", "admin_token_file", "admin_token",
                  f"File whose content is the admin token, instead of admin_token. {SECRET_FILE_TRIMMING}",

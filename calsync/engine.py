@@ -273,6 +273,7 @@ class SyncEngine:
         run.finished_at = datetime.now(UTC)
         run.seconds = stats.seconds
         run.error = str(error)
+        run.error_type = type(error).__name__
         run.stats = asdict(stats)
         try:
             with store.transaction():

@@ -58,6 +58,11 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # The exception class of a failed run, such as AuthenticationError, so that the status page
+        # can tell the operator what to fix without parsing the message.
+        "ALTER TABLE runs ADD COLUMN error_type TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -107,6 +112,8 @@ class RunRecord:
     error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+    # Class name of the exception that ended a failed run; None for a success and for runs stored before it existed.
+    error_type: str | None = None
 
 
 class StateStore:
@@ -208,7 +215,8 @@ class StateStore:
 
     def add_run(self, run: RunRecord) -> int:
         cursor = self.connection.execute(
-            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json, error_type)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             _run_to_row(run),
         )
         run.id = cursor.lastrowid
@@ -216,8 +224,8 @@ class StateStore:
 
     def update_run(self, run: RunRecord) -> None:
         self.connection.execute(
-            "UPDATE runs SET started_at = ?, finished_at = ?, seconds = ?, outcome = ?, error = ?, stats_json = ?"
-            " WHERE id = ?",
+            "UPDATE runs SET started_at = ?, finished_at = ?, seconds = ?, outcome = ?, error = ?, stats_json = ?,"
+            " error_type = ? WHERE id = ?",
             (*_run_to_row(run), run.id),
         )
 
@@ -230,7 +238,7 @@ class StateStore:
         return _run_from_row(rows[0]) if rows else None
 
     def _read_runs(self, clause: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        query = f"SELECT id, started_at, finished_at, seconds, outcome, error, stats_json FROM runs {clause}"
+        query = f"SELECT id, started_at, finished_at, seconds, outcome, error, stats_json, error_type FROM runs {clause}"
         try:
             return self.connection.execute(query, parameters).fetchall()
         except sqlite3.Error as error:
@@ -305,11 +313,12 @@ def _run_to_row(run: RunRecord) -> tuple[Any, ...]:
         run.outcome,
         run.error,
         json.dumps(run.stats, sort_keys=True),
+        run.error_type,
     )
 
 
 def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
-    run_id, started_at, finished_at, seconds, outcome, error, stats_json = row
+    run_id, started_at, finished_at, seconds, outcome, error, stats_json, error_type = row
     return RunRecord(
         id=run_id,
         started_at=datetime.fromisoformat(started_at),
@@ -318,4 +327,5 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         outcome=outcome,
         error=error,
         stats=json.loads(stats_json),
+        error_type=error_type,
     )

@@ -37,7 +37,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 STOP_TIMEOUT_SECONDS = 5.0
 # A subscriber that stays idle this long is disconnected, so idle keep-alive connections cannot pile up.
 CHANNEL_TIMEOUT_SECONDS = 60
-# No calsync endpoint reads a request body, so a large one can only be a mistake or an attack.
+# Only the status page's forms send a body, of a few hundred bytes, so a large one can only be a mistake or an attack.
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 
 
