@@ -92,7 +92,8 @@ class SyncResult:
 def fingerprint(row: dict[str, Any]) -> str:
     """Hash a list row; any change to a list field changes the hash."""
     canonical = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: API text may hold lone surrogates (JSON allows \ud800), which strict UTF-8 refuses.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def significant_hash(record: dict[str, Any]) -> str:
@@ -262,6 +263,7 @@ class SyncEngine:
         run.finished_at = datetime.now(UTC)
         run.seconds = stats.seconds
         run.error = str(error)
+        run.error_type = type(error).__name__
         run.stats = asdict(stats)
         try:
             with store.transaction():

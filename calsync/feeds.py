@@ -30,6 +30,7 @@ from calsync.mapping import (
     parse_instant,
     render_calendar,
     render_event,
+    status_name,
 )
 from calsync.store import STATE_FILE, StateStore, StoredBooking
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 FEEDS_DIR = "feeds"
 # Published feeds are meant to be served, also by a separate web server, so they are world-readable.
 FEED_FILE_MODE = 0o644
+# The mapping shows a booking with a missing or unknown status as confirmed, so
+# the status filter treats it as scheduled rather than hiding it without a word.
+UNKNOWN_STATUS_AS = "scheduled"
 
 
 @dataclass
@@ -78,6 +82,9 @@ def calendar_header(config: Config, feed: FeedSettings) -> CalendarHeader:
 def select_bookings(feed: FeedSettings, bookings: Iterable[StoredBooking], now: datetime) -> list[StoredBooking]:
     """Return the bookings the feed shows: by status and type, ending at most ``past_days`` ago.
 
+    Statuses match whatever their case or separators (``Cancelled`` is
+    ``cancelled``). A missing or unknown status counts as ``scheduled``.
+
     Bookings without details yet are left out: the list row lacks location,
     participant and description, and a feed that later gains them would show
     the event changing for no visible reason.
@@ -88,7 +95,7 @@ def select_bookings(feed: FeedSettings, bookings: Iterable[StoredBooking], now: 
         record = booking.record()
         if record is None or booking.removed_at is not None:
             continue
-        if feed.statuses and record.get("status") not in feed.statuses:
+        if feed.statuses and (status_name(record.get("status")) or UNKNOWN_STATUS_AS) not in feed.statuses:
             continue
         if feed.types and record.get("type") not in feed.types:
             continue

@@ -71,7 +71,10 @@ class Service:
             self.metrics.last_success.set(self.status.last_success.timestamp())
         self.scheduler = SyncScheduler(self.sync_once, self.config.sync.interval)
         request_sync = self.scheduler.request_now if self.config.server.admin_token else None
-        self.app = FeedApp(self.config, status=self.status, metrics=self.metrics, request_sync=request_sync)
+        self.app = FeedApp(
+            self.config, status=self.status, metrics=self.metrics, request_sync=request_sync,
+            sync_running=lambda: self.scheduler.syncing,
+        )
 
     def sync_once(self) -> None:
         """Run one sync and record its outcome; errors are logged, not raised."""
@@ -85,6 +88,7 @@ class Service:
             result = self.engine.run(lock_wait=LOCK_WAIT_SECONDS, cancel=self.cancel)
         except LockHeldError as error:
             log.warning("skipped this sync: %s", error)
+            self.status.record_skipped(datetime.now(UTC), str(error))
         except CalsyncError as error:
             self._record_failure(error)
         except Exception as error:  # a bug must not stop the daemon; the next tick tries again

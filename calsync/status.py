@@ -37,6 +37,7 @@ class ServiceStatus:
         self._last_error: str | None = None
         self._publish_failed = False
         self._state_failed = False
+        self._last_skip: tuple[datetime, str] | None = None
 
     @classmethod
     def from_store(cls, state_dir: Path) -> ServiceStatus:
@@ -72,6 +73,17 @@ class ServiceStatus:
             self._last_error = error
             self._publish_failed = publish_failed
             self._state_failed = state_failed
+
+    def record_skipped(self, when: datetime, reason: str) -> None:
+        """Record a scheduled sync that did not run, for example because another process held the sync lock."""
+        with self._lock:
+            self._last_skip = (when, reason)
+
+    @property
+    def last_skip(self) -> tuple[datetime, str] | None:
+        """Time and reason of the last sync that was skipped without running, or None."""
+        with self._lock:
+            return self._last_skip
 
     @property
     def last_success(self) -> datetime | None:

@@ -59,6 +59,11 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # The exception class of a failed run, such as AuthenticationError, so that the status page
+        # can tell the operator what to fix without parsing the message.
+        "ALTER TABLE runs ADD COLUMN error_type TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -108,6 +113,8 @@ class RunRecord:
     error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+    # Class name of the exception that ended a failed run; None for a success and for runs stored before it existed.
+    error_type: str | None = None
 
 
 class StateStore:
@@ -224,7 +231,8 @@ class StateStore:
 
     def add_run(self, run: RunRecord) -> int:
         cursor = self.connection.execute(
-            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json, error_type)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             _run_to_row(run),
         )
         run.id = cursor.lastrowid
@@ -232,8 +240,8 @@ class StateStore:
 
     def update_run(self, run: RunRecord) -> None:
         self.connection.execute(
-            "UPDATE runs SET started_at = ?, finished_at = ?, seconds = ?, outcome = ?, error = ?, stats_json = ?"
-            " WHERE id = ?",
+            "UPDATE runs SET started_at = ?, finished_at = ?, seconds = ?, outcome = ?, error = ?, stats_json = ?,"
+            " error_type = ? WHERE id = ?",
             (*_run_to_row(run), run.id),
         )
 
@@ -246,7 +254,7 @@ class StateStore:
         return _run_from_row(rows[0]) if rows else None
 
     def _read_runs(self, clause: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        query = f"SELECT id, started_at, finished_at, seconds, outcome, error, stats_json FROM runs {clause}"
+        query = f"SELECT id, started_at, finished_at, seconds, outcome, error, stats_json, error_type FROM runs {clause}"
         try:
             return self.connection.execute(query, parameters).fetchall()
         except sqlite3.Error as error:
@@ -331,9 +339,9 @@ def move_aside(path: Path, when: datetime) -> Path:
 def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
     return (
         booking.id,
-        json.dumps(booking.row, sort_keys=True, ensure_ascii=False),
+        _json_text(booking.row),
         booking.fingerprint,
-        None if booking.details is None else json.dumps(booking.details, sort_keys=True, ensure_ascii=False),
+        None if booking.details is None else _json_text(booking.details),
         utc_text(booking.details_fetched_at) if booking.details_fetched_at else None,
         booking.significant,
         booking.sequence,
@@ -341,6 +349,20 @@ def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
         utc_text(booking.last_seen),
         utc_text(booking.removed_at) if booking.removed_at else None,
     )
+
+
+def _json_text(value: object) -> str:
+    """Return JSON text that SQLite can store as UTF-8.
+
+    Text with a lone surrogate (JSON allows ``\ud800``) has no UTF-8 form,
+    so such a value is written with ASCII escapes, which read back the same.
+    """
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, sort_keys=True)
+    return text
 
 
 def _booking_from_row(row: dict[str, Any]) -> StoredBooking:
@@ -366,11 +388,12 @@ def _run_to_row(run: RunRecord) -> tuple[Any, ...]:
         run.outcome,
         run.error,
         json.dumps(run.stats, sort_keys=True),
+        run.error_type,
     )
 
 
 def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
-    run_id, started_at, finished_at, seconds, outcome, error, stats_json = row
+    run_id, started_at, finished_at, seconds, outcome, error, stats_json, error_type = row
     return RunRecord(
         id=run_id,
         started_at=datetime.fromisoformat(started_at),
@@ -379,4 +402,5 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         outcome=outcome,
         error=error,
         stats=json.loads(stats_json),
+        error_type=error_type,
     )

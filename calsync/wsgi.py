@@ -56,7 +56,7 @@ FILES_PER_CONNECTION = 2
 SPARE_FILES = 64
 # A calendar client sends a short request line and a few headers. The request line counts towards this.
 MAX_REQUEST_HEADER_BYTES = 32 * 1024
-# No calsync endpoint reads a request body, so a large one can only be a mistake or an attack.
+# Only the status page's forms send a body, of a few hundred bytes, so a large one can only be a mistake or an attack.
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 
 

@@ -290,6 +290,46 @@ types = ["class"]
 
 
 @freeze_time(SYNC_TIME)
+def test_status_filter_ignores_case_and_keeps_unknown_statuses(tmp_path, api):
+    shouted, unknown, cancelled = api.ids()[:3]
+    api.update(shouted, status="Scheduled")
+    api.update(unknown, status="pending")
+    api.update(cancelled, status="CANCELED")
+    feeds = """
+[[feeds]]
+name = "active"
+token = "t1"
+statuses = ["scheduled"]
+
+[[feeds]]
+name = "cancelled"
+token = "t2"
+statuses = ["cancelled"]
+"""
+    engine_for(tmp_path, api.base_url, extra=feeds).run()
+
+    active = {uid.split("@")[0] for uid in uids(feed_file(tmp_path, "active").read_bytes())}
+    cancelled_feed = {uid.split("@")[0] for uid in uids(feed_file(tmp_path, "cancelled").read_bytes())}
+    assert {shouted, unknown} <= active
+    assert cancelled not in active
+    assert cancelled in cancelled_feed
+    assert not {shouted, unknown} & cancelled_feed
+
+
+@freeze_time(SYNC_TIME)
+def test_lone_surrogates_from_the_api_are_stored_and_dropped(tmp_path, api):
+    booking_id = upcoming_scheduled_id(api)
+    api.update(booking_id, title="Tax\ud800 consultation", description="Notes \udfff")
+
+    engine_for(tmp_path, api.base_url).run()
+    second = engine_for(tmp_path, api.base_url).run()
+
+    assert second.stats.details_fetched == 0
+    event = event_by_id(feed_file(tmp_path).read_bytes(), booking_id)
+    assert str(event["SUMMARY"]) == "Tax consultation"
+
+
+@freeze_time(SYNC_TIME)
 def test_past_days_window_drops_old_bookings(tmp_path, api):
     feeds = """
 [[feeds]]
