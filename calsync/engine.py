@@ -272,8 +272,11 @@ class SyncEngine:
             log.warning("could not record the failed run: %s", state_error)
         # A sync stopped by shutdown is expected, so it must not raise an ERROR alert.
         level = logging.INFO if isinstance(error, SyncCancelledError) else logging.ERROR
+        # Feeds are published one by one, so a write that fails can follow feeds already replaced.
+        untouched = "other feeds left as they were" if stats.published else "feeds left as they were"
+        published = f" (published before the failure: {', '.join(stats.published)})" if stats.published else ""
         log.log(
-            level, "sync failed after %.2fs, feeds left as they were: %s", stats.seconds, error,
+            level, "sync failed after %.2fs, %s%s: %s", stats.seconds, untouched, published, error,
             extra={"fields": {"event": "sync_failed", "error": str(error), **asdict(stats)}},
         )
         if isinstance(error, CalsyncError):

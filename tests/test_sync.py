@@ -1,6 +1,7 @@
 """The sync engine against the sandbox API over loopback HTTP and a real SQLite file."""
 
 import json
+import logging
 import math
 import os
 import stat
@@ -18,6 +19,7 @@ from calsync.engine import SyncEngine, fingerprint
 from calsync.errors import (
     AuthenticationError,
     ListingIncompleteError,
+    PublishError,
     SyncCancelledError,
     TransportError,
 )
@@ -327,6 +329,27 @@ def test_lone_surrogates_from_the_api_are_stored_and_dropped(tmp_path, api):
     assert second.stats.details_fetched == 0
     event = event_by_id(feed_file(tmp_path).read_bytes(), booking_id)
     assert str(event["SUMMARY"]) == "Tax consultation"
+
+
+@freeze_time(SYNC_TIME)
+def test_failed_write_log_names_feeds_published_before(tmp_path, api, caplog):
+    feeds = """
+[[feeds]]
+name = "first"
+token = "t1"
+
+[[feeds]]
+name = "second"
+token = "t2"
+"""
+    blocker = tmp_path / "state" / "feeds" / "second.ics"
+    (blocker / "occupied").mkdir(parents=True)
+
+    with caplog.at_level(logging.ERROR), pytest.raises(PublishError):
+        engine_for(tmp_path, api.base_url, extra=feeds).run()
+
+    assert feed_file(tmp_path, "first").is_file()
+    assert "other feeds left as they were (published before the failure: first)" in caplog.text
 
 
 @freeze_time(SYNC_TIME)
