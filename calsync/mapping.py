@@ -52,6 +52,12 @@ from calsync.errors import MappingError
 
 log = logging.getLogger(__name__)
 
+# The version of the mapping's output. The state store keeps the bytes of each
+# rendered event and reuses them only while this number, the calsync version
+# and the icalendar version are unchanged. Bump it in every change that can
+# alter the bytes render_event returns for the same booking and settings.
+RENDER_VERSION = 1
+
 DETAIL_LEVELS = ("full", "limited", "busy")
 DEFAULT_DURATION = timedelta(hours=1)
 ONE_DAY = timedelta(days=1)
