@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FEEDS_DIR = "feeds"
 # Published feeds are meant to be served, also by a separate web server, so they are world-readable.
 FEED_FILE_MODE = 0o644
+_COMPARE_CHUNK = 1 << 20
 
 
 @dataclass
@@ -170,8 +171,17 @@ def publish(path: Path, data: bytes, mode: int | None = FEED_FILE_MODE) -> bool:
 
 
 def _holds(path: Path, data: bytes) -> bool:
+    """Compare the file with ``data`` in chunks, so that a large feed is not held in memory twice."""
     try:
-        return path.stat().st_size == len(data) and path.read_bytes() == data
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size != len(data):
+                return False
+            view = memoryview(data)
+            for offset in range(0, len(data), _COMPARE_CHUNK):
+                chunk = view[offset : offset + _COMPARE_CHUNK]
+                if file.read(len(chunk)) != chunk:
+                    return False
+            return True
     except FileNotFoundError:
         return False
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ def parse_utc_text(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-@dataclass
+@dataclass(slots=True)
 class StoredBooking:
     """One booking as the store keeps it between syncs."""
 
@@ -331,12 +332,23 @@ def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
     )
 
 
+def _interned_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(key): value for key, value in pairs}
+
+
+# A sync keeps every stored booking in memory. json.loads gives each object
+# its own copies of its key strings, about a third of a decoded booking, so
+# this decoder interns keys and every booking shares one string per key name.
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_interned_keys)
+
+
 def _booking_from_row(row: dict[str, Any]) -> StoredBooking:
+    details_json = row["details_json"]
     return StoredBooking(
         id=row["id"],
-        row=json.loads(row["row_json"]),
+        row=_JSON_DECODER.decode(row["row_json"]),
         fingerprint=row["fingerprint"],
-        details=json.loads(row["details_json"]) if row["details_json"] is not None else None,
+        details=_JSON_DECODER.decode(details_json) if details_json is not None else None,
         details_fetched_at=parse_utc_text(row["details_fetched_at"]),
         significant=row["significant"],
         sequence=row["sequence"],
