@@ -23,6 +23,7 @@ from typing import Any
 from calsync import __version__
 from calsync.config import Config, FeedSettings
 from calsync.errors import MappingError, PublishError, StateError
+from calsync.event_cache import RenderCache
 from calsync.mapping import (
     CalendarHeader,
     MappingSettings,
@@ -42,6 +43,8 @@ FEED_FILE_MODE = 0o644
 # The mapping shows a booking with a missing or unknown status as confirmed, so
 # the status filter treats it as scheduled rather than hiding it without a word.
 UNKNOWN_STATUS_AS = "scheduled"
+# Bytes compared at a time when checking whether a feed file already has the new content.
+_COMPARE_CHUNK = 1 << 20
 
 
 @dataclass
@@ -115,16 +118,30 @@ def _start_key(booking: StoredBooking) -> tuple[str, str]:
     return (start, booking.id)
 
 
-def render_feed(config: Config, feed: FeedSettings, bookings: Iterable[StoredBooking], now: datetime) -> RenderedFeed:
-    """Render one feed from stored bookings; unmappable bookings are left out and listed in ``skipped``."""
+def render_feed(
+    config: Config,
+    feed: FeedSettings,
+    bookings: Iterable[StoredBooking],
+    now: datetime,
+    cache: RenderCache | None = None,
+) -> RenderedFeed:
+    """Render one feed from stored bookings; unmappable bookings are left out and listed in ``skipped``.
+
+    With a ``cache``, events whose input is unchanged are taken from it
+    instead of being serialized again. The bytes are the same either way.
+    """
     settings = mapping_settings(config, feed)
     selected = sorted(select_bookings(feed, bookings, now), key=_start_key)
+    event_cache = cache.for_settings(settings) if cache is not None else None
 
     events: list[bytes] = []
     skipped: dict[str, str] = {}
     for booking in selected:
         try:
-            events.append(_render_one(booking, settings))
+            if event_cache is None:
+                events.append(_render_one(booking, settings))
+            else:
+                events.append(event_cache.event_bytes(booking, _render_one))
         except MappingError as error:
             skipped[booking.id] = error.reason
 
@@ -170,8 +187,17 @@ def describe_os_error(error: OSError) -> str:
 
 
 def _holds(path: Path, data: bytes) -> bool:
+    """Compare the file with ``data`` in chunks, so that a large feed is not held in memory twice."""
     try:
-        return path.stat().st_size == len(data) and path.read_bytes() == data
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size != len(data):
+                return False
+            view = memoryview(data)
+            for offset in range(0, len(data), _COMPARE_CHUNK):
+                chunk = view[offset : offset + _COMPARE_CHUNK]
+                if file.read(len(chunk)) != chunk:
+                    return False
+            return True
     except FileNotFoundError:
         return False
 
@@ -247,9 +273,12 @@ def export_feed(config: Config, feed: FeedSettings) -> bytes:
     if not state_file.exists():
         raise StateError(str(state_file), "no state yet; run 'calsync sync' first")
 
+    # Stored events are reused, but nothing is written back: export runs
+    # without the sync lock, and saving after rendering one feed would delete
+    # the entries that only the other feeds use.
     with StateStore(state_file) as store:
         bookings = list(store.bookings().values())
-    rendered = render_feed(config, feed, bookings, datetime.now(UTC))
+        rendered = render_feed(config, feed, bookings, datetime.now(UTC), RenderCache(store))
     for booking_id, reason in sorted(rendered.skipped.items()):
         log.warning("skipped booking %s: %s", booking_id, reason)
     return rendered.data

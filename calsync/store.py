@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +65,17 @@ MIGRATIONS: list[list[str]] = [
         # can tell the operator what to fix without parsing the message.
         "ALTER TABLE runs ADD COLUMN error_type TEXT",
     ],
+    [
+        """
+        CREATE TABLE rendered_events (
+            settings_key TEXT NOT NULL,         -- hash of the feed's mapping settings and the render version
+            booking_id TEXT NOT NULL,
+            input_hash TEXT NOT NULL,           -- hash of everything the bytes were rendered from
+            data BLOB NOT NULL,                 -- BEGIN:VEVENT to END:VEVENT, CRLF line endings
+            PRIMARY KEY (settings_key, booking_id)
+        )
+        """,
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -76,7 +88,7 @@ def parse_utc_text(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-@dataclass
+@dataclass(slots=True)
 class StoredBooking:
     """One booking as the store keeps it between syncs."""
 
@@ -100,6 +112,14 @@ class StoredBooking:
         if self.details is None:
             return None
         return {**self.details, **self.row}
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEvent:
+    """The bytes of one rendered VEVENT and the hash of the input they were rendered from."""
+
+    input_hash: str
+    data: bytes
 
 
 @dataclass
@@ -225,6 +245,50 @@ class StateStore:
         self.connection.executemany(
             "UPDATE bookings SET removed_at = ? WHERE id = ?",
             ((utc_text(when), booking_id) for booking_id in booking_ids),
+        )
+
+    # -- rendered events ------------------------------------------------------
+
+    def rendered_events(self, settings_key: str) -> dict[str, RenderedEvent]:
+        """Return the stored VEVENT bytes of one settings key, by booking id."""
+        try:
+            cursor = self.connection.execute(
+                "SELECT booking_id, input_hash, data FROM rendered_events WHERE settings_key = ?", (settings_key,)
+            )
+            # A value that is not a BLOB was not written by calsync, so it is left out and rendered again.
+            return {
+                booking_id: RenderedEvent(input_hash, data)
+                for booking_id, input_hash, data in cursor
+                if isinstance(data, bytes) and isinstance(input_hash, str)
+            }
+        except sqlite3.Error as error:
+            raise StateError(str(self.path), f"cannot read rendered events: {error}. {REBUILD_HINT}") from error
+
+    def save_rendered_events(self, settings_key: str, events: Iterable[tuple[str, RenderedEvent]]) -> None:
+        """Insert or replace the VEVENT bytes of (booking id, event) pairs; call inside ``transaction()``."""
+        self.connection.executemany(
+            "INSERT OR REPLACE INTO rendered_events (settings_key, booking_id, input_hash, data) VALUES (?, ?, ?, ?)",
+            ((settings_key, booking_id, event.input_hash, event.data) for booking_id, event in events),
+        )
+
+    def delete_rendered_events(self, settings_key: str, booking_ids: Iterable[str]) -> None:
+        """Delete the VEVENT bytes of these bookings under one settings key; call inside ``transaction()``."""
+        self.connection.executemany(
+            "DELETE FROM rendered_events WHERE settings_key = ? AND booking_id = ?",
+            ((settings_key, booking_id) for booking_id in booking_ids),
+        )
+
+    def rendered_settings_keys(self) -> set[str]:
+        """Return every settings key that has stored VEVENT bytes."""
+        try:
+            return {key for (key,) in self.connection.execute("SELECT DISTINCT settings_key FROM rendered_events")}
+        except sqlite3.Error as error:
+            raise StateError(str(self.path), f"cannot read rendered events: {error}. {REBUILD_HINT}") from error
+
+    def delete_rendered_settings(self, settings_keys: Iterable[str]) -> None:
+        """Delete the VEVENT bytes of whole settings keys; call inside ``transaction()``."""
+        self.connection.executemany(
+            "DELETE FROM rendered_events WHERE settings_key = ?", ((key,) for key in settings_keys)
         )
 
     # -- runs -----------------------------------------------------------------
@@ -365,12 +429,23 @@ def _json_text(value: object) -> str:
     return text
 
 
+def _interned_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(key): value for key, value in pairs}
+
+
+# A sync keeps every stored booking in memory. json.loads gives each object
+# its own copies of its key strings, about a third of a decoded booking, so
+# this decoder interns keys and every booking shares one string per key name.
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_interned_keys)
+
+
 def _booking_from_row(row: dict[str, Any]) -> StoredBooking:
+    details_json = row["details_json"]
     return StoredBooking(
         id=row["id"],
-        row=json.loads(row["row_json"]),
+        row=_JSON_DECODER.decode(row["row_json"]),
         fingerprint=row["fingerprint"],
-        details=json.loads(row["details_json"]) if row["details_json"] is not None else None,
+        details=_JSON_DECODER.decode(details_json) if details_json is not None else None,
         details_fetched_at=parse_utc_text(row["details_fetched_at"]),
         significant=row["significant"],
         sequence=row["sequence"],

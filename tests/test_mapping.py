@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
+from dateutil.parser import isoparse
 from freezegun import freeze_time
 from ical.calendar_stream import IcsCalendarStream
 
@@ -178,6 +179,29 @@ def test_parse_instant_accepts_iso_forms(value: object, expected: datetime) -> N
     assert parsed == expected
     assert parsed.utcoffset() == timedelta(0)
     assert parsed.tzinfo == timezone.utc
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-01-20T10:00:00.000Z",
+        "2024-02-29T23:59:59.999Z",
+        "2024-01-20T24:00:00.000Z",
+        "0001-01-01T00:00:00.000000Z",
+        "9999-12-31T23:59:59.999999Z",
+    ],
+)
+def test_parse_instant_matches_isoparse_in_cashfin_form(text: str) -> None:
+    # Cashfin's own form takes a faster parser, which must return what isoparse returns.
+    assert parse_instant(text) == isoparse(text)
+
+
+@pytest.mark.parametrize("text", ["2023-02-29T10:00:00.000Z", "2024-01-20T10:00:60.000Z", "2024-04-31T00:00:00Z"])
+def test_parse_instant_rejects_invalid_cashfin_form(text: str) -> None:
+    with pytest.raises(ValueError):
+        isoparse(text)
+    with pytest.raises(ValueError):
+        parse_instant(text)
 
 
 @pytest.mark.parametrize(
