@@ -36,7 +36,8 @@ from calsync.cashfin import CashfinClient
 from calsync.cli import main
 from calsync.store import StateStore
 
-# In the order a sync reaches them. Transaction 1 commits the sync's data, transaction 2 its run record.
+# In the order a sync reaches them. Transaction 1 commits the sync's data, transaction 2 the rendered
+# events that the next sync reuses, transaction 3 the run record.
 POINTS = (
     "started",
     "locked",
@@ -48,6 +49,10 @@ POINTS = (
     "sync-commit-next",
     "sync-commit-in-progress",
     "sync-committed",
+    "event-cache-begun",
+    "event-cache-commit-next",
+    "event-cache-commit-in-progress",
+    "event-cache-committed",
     "rendered",
     "temporary-created",
     "temporary-half-written",
@@ -63,7 +68,7 @@ POINTS = (
     "finished",
 )
 # Points that the process reaches without pausing, because a watcher kills it there.
-SELF_KILLING = ("sync-commit-in-progress", "run-record-commit-in-progress")
+SELF_KILLING = ("sync-commit-in-progress", "event-cache-commit-in-progress", "run-record-commit-in-progress")
 
 
 class Stopper:
@@ -129,7 +134,7 @@ class ConnectionHooks:
         if watching:
             announce("missed", self._stopper.point)
             threading.Event().wait()
-        self._stopper.reach(f"{prefix}-committed" if prefix == "sync" else "run-recorded")
+        self._stopper.reach("run-recorded" if prefix == "run-record" else f"{prefix}-committed")
         return cursor
 
     def _kill_when_wal_changes(self, finished: threading.Event) -> None:
@@ -144,7 +149,7 @@ class ConnectionHooks:
 
 
 def _transaction_prefix(number: int) -> str:
-    return "sync" if number == 1 else "run-record"
+    return {1: "sync", 2: "event-cache"}.get(number, "run-record")
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:
