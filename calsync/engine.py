@@ -37,7 +37,13 @@ from calsync.errors import (
 from calsync.feeds import RenderedFeed, publish, remove_stale_temporaries, render_feed
 from calsync.lock import sync_lock
 from calsync.mapping import significant_fields
-from calsync.store import RunRecord, StateStore, StoredBooking, move_aside
+from calsync.store import (
+    TRIGGER_COMMAND,
+    RunRecord,
+    StateStore,
+    StoredBooking,
+    move_aside,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +131,20 @@ class SyncEngine:
         self.last_stats = SyncStats()
         self._cancel: threading.Event | None = None
 
-    def run(self, lock_wait: float = 5.0, cancel: threading.Event | None = None) -> SyncResult:
+    def run(
+        self, lock_wait: float = 5.0, cancel: threading.Event | None = None, trigger: str = TRIGGER_COMMAND,
+    ) -> SyncResult:
         """Run one sync under the state directory's lock; raise ``CalsyncError`` when it fails.
 
         When ``cancel`` is set before the commit or before publishing, the
         sync stops there with ``SyncCancelledError`` and publishes nothing.
+        ``trigger`` (one of the ``TRIGGER_*`` values of ``calsync.store``)
+        is stored with the run record.
         """
         self._cancel = cancel
         with sync_lock(self.config.sync.state_dir, wait=lock_wait):
             with self._open_store() as store:
-                return self._run_locked(store)
+                return self._run_locked(store, trigger)
 
     def _open_store(self) -> StateStore:
         """Open the state database; a damaged one is moved aside and rebuilt by this full sync."""
@@ -152,12 +162,12 @@ class SyncEngine:
         if self._cancel is not None and self._cancel.is_set():
             raise SyncCancelledError(step)
 
-    def _run_locked(self, store: StateStore) -> SyncResult:
+    def _run_locked(self, store: StateStore, trigger: str) -> SyncResult:
         started = datetime.now(UTC)
         clock = time.monotonic()
         stats = SyncStats()
         self.last_stats = stats
-        run = RunRecord(started_at=started, outcome="running")
+        run = RunRecord(started_at=started, outcome="running", trigger=trigger)
 
         with self.client_factory(self.config) as client:
             try:
