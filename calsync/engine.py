@@ -68,6 +68,15 @@ class SyncStats:
     bookings_by_status: dict[str, int] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # The listing as Cashfin paged it: pagination.total of page 1, the unique bookings received, the page size
+    # requested, and why the listing was incomplete, if it was. The status page shows them for a support request.
+    listing_total: int = 0
+    listing_received: int = 0
+    page_size: int = 0
+    listing_problems: list[str] = field(default_factory=list)
+    # Per feed: "stored" (bookings in the state store), "events" (in the rendered feed), and the count left out
+    # for each reason of calsync.feeds (such as "ended" or "without_details"). Set only when the sync rendered.
+    coverage: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,6 +194,10 @@ class SyncEngine:
     def _sync(self, store: StateStore, client: CashfinClient, stats: SyncStats, now: datetime) -> SyncResult:
         listing = client.list_bookings()
         stats.pages = listing.pages
+        stats.listing_total = listing.total
+        stats.listing_received = len(listing.rows)
+        stats.page_size = listing.page_size
+        stats.listing_problems = list(listing.problems)
         if not listing.complete:
             raise ListingIncompleteError(listing.total, len(listing.rows), "; ".join(listing.problems))
 
@@ -253,6 +266,7 @@ class SyncEngine:
         skipped: dict[str, str] = {}
         for feed in feeds:
             stats.events[feed.name] = feed.events
+            stats.coverage[feed.name] = {"stored": len(bookings), "events": feed.events, **feed.excluded}
             skipped.update(feed.skipped)
         for booking_id, reason in sorted(skipped.items()):
             log.warning("skipped booking %s: %s", booking_id, reason)
