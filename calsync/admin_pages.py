@@ -23,11 +23,18 @@ from calsync.responses import Response, method_not_allowed, not_found, require_r
 from calsync.status import ServiceStatus
 from calsync.status_page import (
     CONTENT_SECURITY_POLICY,
+    REFUSED_NOTICE,
+    queued_notice,
     render_login_page,
     render_message_page,
     render_status_page,
 )
-from calsync.status_report import AgendaCache, build_report
+from calsync.status_report import (
+    AgendaCache,
+    StatusCountCache,
+    StatusReport,
+    build_report,
+)
 from calsync.web_auth import (
     SESSION_COOKIE,
     LoginThrottle,
@@ -82,6 +89,7 @@ class StatusPages:
         self.signer = SessionSigner(self.admin_token) if self.admin_token else None
         self.throttle = LoginThrottle()
         self.agenda_cache = AgendaCache()
+        self.status_counts = StatusCountCache()
 
     @property
     def enabled(self) -> bool:
@@ -101,9 +109,10 @@ class StatusPages:
 
         report = build_report(
             self.config, self.cache, datetime.now(UTC),
-            status=self.status, agenda_cache=self.agenda_cache, sync_running=self._is_syncing(),
+            status=self.status, agenda_cache=self.agenda_cache, status_counts=self.status_counts,
+            sync_running=self._is_syncing(),
         )
-        notice = parse_qs(environ.get("QUERY_STRING", "")).get("sync", [None])[0]
+        notice = sync_notice(parse_qs(environ.get("QUERY_STRING", "")), report)
         html = render_status_page(report, session.csrf_token, can_sync=self.request_sync is not None, notice=notice)
         return _html(HTTPStatus.OK, html)
 
@@ -180,9 +189,11 @@ class StatusPages:
         if isinstance(session, Response):
             return session
 
+        # The time is taken before queueing, so the requested sync starts after it whichever thread runs first.
+        requested_ms = int(datetime.now(UTC).timestamp() * 1000)
         if request_sync():
             log.info("sync requested from the status page by %s", environ.get("REMOTE_ADDR", "-"))
-            return _redirect("/?sync=queued")
+            return _redirect(f"/?sync=queued&at={requested_ms}")
         return _redirect("/?sync=refused")
 
     # Helpers
@@ -224,6 +235,34 @@ class StatusPages:
             return True
         public = urlsplit(self.config.server.public_url)
         return public.scheme == "https" and environ.get("HTTP_HOST", "").lower() == public.netloc.lower()
+
+
+def sync_notice(query: dict[str, list[str]], report: StatusReport) -> str | None:
+    """Return the notice for the page that "Sync now" redirects to, or None.
+
+    ``sync=queued&at=<Unix time in ms>`` gets the notice only until a run
+    that started at or after that time is in the history, so reloading the
+    page once the requested sync has run shows no stale notice.
+    """
+    outcome = query.get("sync", [""])[0]
+    if outcome == "refused":
+        return REFUSED_NOTICE
+    if outcome != "queued":
+        return None
+    requested_at = _milliseconds_time(query.get("at", [""])[0])
+    if requested_at is None or any(run.started_at >= requested_at for run in report.runs):
+        return None
+    return queued_notice(requested_at, report.timezone)
+
+
+def _milliseconds_time(text: str) -> datetime | None:
+    """Parse Unix time in milliseconds, or return None for anything else."""
+    if not text.isdigit():
+        return None
+    try:
+        return datetime.fromtimestamp(int(text) / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _form(environ: Environ) -> dict[str, str]:

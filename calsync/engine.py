@@ -36,7 +36,13 @@ from calsync.event_cache import RenderCache
 from calsync.feeds import RenderedFeed, publish, remove_stale_temporaries, render_feed
 from calsync.lock import sync_lock
 from calsync.mapping import significant_fields
-from calsync.store import RunRecord, StateStore, StoredBooking, open_or_rebuild
+from calsync.store import (
+    TRIGGER_COMMAND,
+    RunRecord,
+    StateStore,
+    StoredBooking,
+    open_or_rebuild,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,15 @@ class SyncStats:
     # Events serialized in this sync, and events whose stored bytes were reused.
     events_rendered: int = 0
     events_reused: int = 0
+    # The listing as Cashfin paged it: pagination.total of page 1, the unique bookings received, the page size
+    # requested, and why the listing was incomplete, if it was. The status page shows them for a support request.
+    listing_total: int = 0
+    listing_received: int = 0
+    page_size: int = 0
+    listing_problems: list[str] = field(default_factory=list)
+    # Per feed: "stored" (bookings in the state store), "events" (in the rendered feed), and the count left out
+    # for each reason of calsync.feeds (such as "ended" or "without_details"). Set only when the sync rendered.
+    coverage: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,16 +144,20 @@ class SyncEngine:
         self.last_stats = SyncStats()
         self._cancel: threading.Event | None = None
 
-    def run(self, lock_wait: float = 5.0, cancel: threading.Event | None = None) -> SyncResult:
+    def run(
+        self, lock_wait: float = 5.0, cancel: threading.Event | None = None, trigger: str = TRIGGER_COMMAND,
+    ) -> SyncResult:
         """Run one sync under the state directory's lock; raise ``CalsyncError`` when it fails.
 
         When ``cancel`` is set before the commit or before publishing, the
         sync stops there with ``SyncCancelledError`` and publishes nothing.
+        ``trigger`` (one of the ``TRIGGER_*`` values of ``calsync.store``)
+        is stored with the run record.
         """
         self._cancel = cancel
         with sync_lock(self.config.sync.state_dir, wait=lock_wait):
             with self._open_store() as store:
-                return self._run_locked(store)
+                return self._run_locked(store, trigger)
 
     def _open_store(self) -> StateStore:
         """Open the state database; a damaged one is moved aside and rebuilt by this full sync."""
@@ -148,12 +167,12 @@ class SyncEngine:
         if self._cancel is not None and self._cancel.is_set():
             raise SyncCancelledError(step)
 
-    def _run_locked(self, store: StateStore) -> SyncResult:
+    def _run_locked(self, store: StateStore, trigger: str) -> SyncResult:
         started = datetime.now(UTC)
         clock = time.monotonic()
         stats = SyncStats()
         self.last_stats = stats
-        run = RunRecord(started_at=started, outcome="running")
+        run = RunRecord(started_at=started, outcome="running", trigger=trigger)
 
         with self.client_factory(self.config) as client:
             try:
@@ -188,6 +207,10 @@ class SyncEngine:
         """
         listing = client.list_bookings()
         stats.pages = listing.pages
+        stats.listing_total = listing.total
+        stats.listing_received = len(listing.rows)
+        stats.page_size = listing.page_size
+        stats.listing_problems = list(listing.problems)
         if not listing.complete:
             raise ListingIncompleteError(listing.total, len(listing.rows), "; ".join(listing.problems))
 
@@ -260,6 +283,7 @@ class SyncEngine:
         skipped: dict[str, str] = {}
         for feed in feeds:
             stats.events[feed.name] = feed.events
+            stats.coverage[feed.name] = {"stored": len(bookings), "events": feed.events, **feed.excluded}
             skipped.update(feed.skipped)
         for booking_id, reason in sorted(skipped.items()):
             log.warning("skipped booking %s: %s", booking_id, reason)

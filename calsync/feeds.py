@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,13 +50,18 @@ _COMPARE_CHUNK = 1 << 20
 
 @dataclass
 class RenderedFeed:
-    """The bytes of one feed, how many events they hold, and the bookings left out as unmappable."""
+    """The bytes of one feed, how many events they hold, and the bookings it leaves out.
+
+    ``skipped`` maps each unmappable booking's id to the reason. ``excluded``
+    counts every booking left out by reason, the unmappable ones included.
+    """
 
     name: str
     path: Path
     data: bytes
     events: int
     skipped: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
 
 
 def feed_path(state_dir: Path, name: str) -> Path:
@@ -82,6 +88,24 @@ def calendar_header(config: Config, feed: FeedSettings) -> CalendarHeader:
     )
 
 
+# Reasons for which a feed leaves out a stored booking, in the order that ``exclusion_reason`` checks them.
+WITHOUT_DETAILS = "without_details"
+REMOVED = "removed"
+STATUS_FILTERED = "status"
+TYPE_FILTERED = "type"
+ENDED = "ended"
+# Set by ``render_feed`` for a selected booking that cannot become a VEVENT.
+UNMAPPABLE = "unmappable"
+
+
+@dataclass
+class Selection:
+    """The bookings a feed shows, and how many it leaves out for each reason (``WITHOUT_DETAILS`` and so on)."""
+
+    bookings: list[StoredBooking] = field(default_factory=list)
+    excluded: Counter[str] = field(default_factory=Counter)
+
+
 def select_bookings(feed: FeedSettings, bookings: Iterable[StoredBooking], now: datetime) -> list[StoredBooking]:
     """Return the bookings the feed shows: by status and type, ending at most ``past_days`` ago.
 
@@ -92,21 +116,37 @@ def select_bookings(feed: FeedSettings, bookings: Iterable[StoredBooking], now: 
     participant and description, and a feed that later gains them would show
     the event changing for no visible reason.
     """
+    return select_with_reasons(feed, bookings, now).bookings
+
+
+def select_with_reasons(feed: FeedSettings, bookings: Iterable[StoredBooking], now: datetime) -> Selection:
+    """Select the bookings as ``select_bookings`` does, and count the ones left out by reason."""
     oldest_end = now - timedelta(days=feed.past_days)
-    selected = []
+    selection = Selection()
     for booking in bookings:
-        record = booking.record()
-        if record is None or booking.removed_at is not None:
-            continue
-        if feed.statuses and (status_name(record.get("status")) or UNKNOWN_STATUS_AS) not in feed.statuses:
-            continue
-        if feed.types and record.get("type") not in feed.types:
-            continue
-        end = booking_end(record)
-        if end is not None and end < oldest_end:
-            continue
-        selected.append(booking)
-    return selected
+        reason = exclusion_reason(feed, booking, oldest_end)
+        if reason is None:
+            selection.bookings.append(booking)
+        else:
+            selection.excluded[reason] += 1
+    return selection
+
+
+def exclusion_reason(feed: FeedSettings, booking: StoredBooking, oldest_end: datetime) -> str | None:
+    """Return why the feed leaves ``booking`` out, or None when the feed shows it."""
+    record = booking.record()
+    if record is None:
+        return WITHOUT_DETAILS
+    if booking.removed_at is not None:
+        return REMOVED
+    if feed.statuses and (status_name(record.get("status")) or UNKNOWN_STATUS_AS) not in feed.statuses:
+        return STATUS_FILTERED
+    if feed.types and record.get("type") not in feed.types:
+        return TYPE_FILTERED
+    end = booking_end(record)
+    if end is not None and end < oldest_end:
+        return ENDED
+    return None
 
 
 def _start_key(booking: StoredBooking) -> tuple[str, str]:
@@ -131,7 +171,8 @@ def render_feed(
     instead of being serialized again. The bytes are the same either way.
     """
     settings = mapping_settings(config, feed)
-    selected = sorted(select_bookings(feed, bookings, now), key=_start_key)
+    selection = select_with_reasons(feed, bookings, now)
+    selected = sorted(selection.bookings, key=_start_key)
     event_cache = cache.for_settings(settings) if cache is not None else None
 
     events: list[bytes] = []
@@ -147,7 +188,12 @@ def render_feed(
 
     data = render_calendar(calendar_header(config, feed), events)
     path = feed_path(config.sync.state_dir, feed.name)
-    return RenderedFeed(name=feed.name, path=path, data=data, events=len(events), skipped=skipped)
+    excluded = dict(selection.excluded)
+    if skipped:
+        excluded[UNMAPPABLE] = len(skipped)
+    return RenderedFeed(
+        name=feed.name, path=path, data=data, events=len(events), skipped=skipped, excluded=excluded,
+    )
 
 
 def _render_one(booking: StoredBooking, settings: MappingSettings) -> bytes:

@@ -20,6 +20,9 @@ Routes:
   is the page's "Sync now" form, checked by ``calsync.admin_pages``.
 - ``GET /``, ``/login`` and ``POST /logout``: the status page for operators
   (``calsync.admin_pages``), only when an admin token is set.
+- ``GET /favicon.ico``: ``204`` with no body, cacheable for a day. Browsers
+  ask for it on every page, and a 404 would show as an error in their
+  console.
 
 Feed bytes are held in memory by ``calsync.feed_cache``. Every request is
 logged at INFO without its query string, which carries the feed token.
@@ -65,6 +68,7 @@ Environ = dict[str, Any]
 CALENDAR_TYPE = "text/calendar; charset=utf-8"
 FEEDS_PREFIX = "/feeds/"
 FEED_SUFFIX = ".ics"
+FAVICON_MAX_AGE = 86400
 # Characters left as they are when a request path is written to the log; the rest is percent-encoded.
 LOGGED_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -107,6 +111,7 @@ class FeedApp:
             "/readyz": self._readyz,
             "/metrics": self._metrics,
             "/sync": self._sync,
+            "/favicon.ico": self._favicon,
         }
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -117,7 +122,8 @@ class FeedApp:
             # request not found, so that each feed has exactly one URL.
             path = "//" + path.lstrip("/")
         response = self._respond(method, path, environ)
-        if response.status != HTTPStatus.NOT_MODIFIED:
+        # RFC 9110 forbids Content-Length on a 204; on a 304 it would have to be that of the 200.
+        if response.status not in (HTTPStatus.NOT_MODIFIED, HTTPStatus.NO_CONTENT):
             # Set here rather than by waitress, so that a HEAD response has the length of the GET body.
             response.headers.append(("Content-Length", str(len(response.body))))
 
@@ -217,6 +223,9 @@ class FeedApp:
         if missing:
             return False, f"not published yet: {', '.join(missing)}"
         return True, "every feed is published"
+
+    def _favicon(self, method: str, environ: Environ) -> Response:
+        return require_read(method) or Response(HTTPStatus.NO_CONTENT, [("Cache-Control", f"public, max-age={FAVICON_MAX_AGE}")])
 
     def _metrics(self, method: str, environ: Environ) -> Response:
         if self.metrics is None:

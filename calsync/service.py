@@ -37,7 +37,7 @@ from calsync.metrics import Metrics, api_request_counts
 from calsync.scheduler import SyncScheduler
 from calsync.server import FeedApp, check_serving, warn_public_feeds
 from calsync.status import ServiceStatus
-from calsync.store import open_or_rebuild
+from calsync.store import TRIGGER_SCHEDULED, open_or_rebuild
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,19 @@ class Service:
             sync_running=lambda: self.scheduler.syncing,
         )
 
-    def sync_once(self) -> None:
-        """Run one sync and record its outcome; errors are logged, not raised."""
+    def sync_once(self, trigger: str = TRIGGER_SCHEDULED) -> None:
+        """Run one sync and record its outcome; errors are logged, not raised.
+
+        ``trigger``, a ``TRIGGER_*`` value of ``calsync.store``, names what started it and goes into the run record.
+        """
         try:
-            self._sync_and_record()
+            self._sync_and_record(trigger)
         finally:
             self.first_sync_done.set()
 
-    def _sync_and_record(self) -> None:
+    def _sync_and_record(self, trigger: str) -> None:
         try:
-            result = self.engine.run(lock_wait=LOCK_WAIT_SECONDS, cancel=self.cancel)
+            result = self.engine.run(lock_wait=LOCK_WAIT_SECONDS, cancel=self.cancel, trigger=trigger)
         except LockHeldError as error:
             log.warning("skipped this sync: %s", error)
             self.status.record_skipped(datetime.now(UTC), str(error))

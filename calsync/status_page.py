@@ -19,10 +19,24 @@ from zoneinfo import ZoneInfo
 
 from calsync import __version__
 from calsync.durations import format_duration
-from calsync.status_chart import render_chart
+from calsync.feeds import (
+    ENDED,
+    REMOVED,
+    STATUS_FILTERED,
+    TYPE_FILTERED,
+    UNMAPPABLE,
+    WITHOUT_DETAILS,
+)
+from calsync.status_chart import (
+    NARROW_LABEL_SIZE,
+    NARROW_MARK_SIZE,
+    render_chart,
+    render_legend,
+)
 from calsync.status_report import (
     AgendaDay,
     AgendaEvent,
+    FeedCoverage,
     FeedSummary,
     RunSummary,
     StatusReport,
@@ -30,6 +44,7 @@ from calsync.status_report import (
     format_size,
     format_time,
 )
+from calsync.store import TRIGGER_COMMAND, TRIGGER_MANUAL
 
 STYLESHEET = """
 :root { color-scheme: light; --text: #1a1a1a; --muted: #555; --line: #d0d0d0; --accent: #1f4e8c; }
@@ -44,6 +59,9 @@ h2 { font-size: 1.2rem; margin: 0 0 .5rem; }
 h3 { font-size: 1.05rem; margin: 0 0 .25rem; }
 section, .card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 1rem;
   margin: 0 0 1rem; }
+.card > :first-child { margin-top: 0; }
+.card > :last-child { margin-bottom: 0; }
+a { color: var(--accent); }
 .muted { color: var(--muted); }
 .health-ok { border-left: 6px solid #1e7b34; }
 .health-warning { border-left: 6px solid #9a6200; background: #fffaf0; }
@@ -68,6 +86,9 @@ input[type=text], input[type=password] { width: 100%; font: inherit; padding: .4
 .copy input { flex: 1 1 auto; min-width: 0; }
 .copy button { margin: 0; flex: none; }
 .chart { width: 100%; height: auto; max-width: 48rem; display: block; margin: 0 0 .75rem; }
+.chart-legend { display: flex; flex-wrap: wrap; gap: .1rem 1.25rem; margin: 0 0 .25rem; font-size: .9rem; }
+.swatch { vertical-align: -1px; }
+.failure-mark { color: #b00020; font-weight: 700; }
 .table-wrap { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: .95rem; }
 caption { text-align: left; color: var(--muted); padding-bottom: .25rem; }
@@ -90,7 +111,11 @@ tr.detail td { font-size: .9rem; border-bottom: 2px solid var(--line); }
 .cancelled .summary { text-decoration: line-through; }
 .login { max-width: 26rem; }
 footer { max-width: 64rem; margin: 0 auto 2rem; padding: 0 1rem; color: var(--muted); font-size: .9rem; }
-"""
+""" + (
+    # The chart scales with its width, so its text shrinks with the screen; these sizes are in its user units.
+    f"@media (max-width: 40rem) {{ .chart .label {{ font-size: {NARROW_LABEL_SIZE}px; }} "
+    f".chart .mark {{ font-size: {NARROW_MARK_SIZE}px; }} }}\n"
+)
 
 COPY_SCRIPT = """
 document.querySelectorAll("button[data-copy]").forEach(function (button) {
@@ -121,15 +146,26 @@ CONTENT_SECURITY_POLICY = (
     "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
-NOTICES = {
-    "queued": "Sync requested. It runs in the background: reload this page in a few seconds to see it in the history.",
-    "refused": "The daemon is shutting down, so it did not queue the sync.",
+QUEUED_NOTICE = (
+    "You requested a sync at {time}. It runs in the background and has not finished yet: reload this page "
+    "in a few seconds to see it in the history."
+)
+REFUSED_NOTICE = "The daemon is shutting down, so it did not queue the sync."
+TRIGGER_LABELS = {TRIGGER_MANUAL: "manual", TRIGGER_COMMAND: "calsync sync"}
+# The feed card's text for the stored bookings a feed leaves out, keyed by the reasons of calsync.feeds.
+EXCLUSION_TEXTS = {
+    WITHOUT_DETAILS: "{count} have no details yet",
+    REMOVED: "{count} were removed in Cashfin",
+    STATUS_FILTERED: "{count} have a status not in statuses",
+    TYPE_FILTERED: "{count} have a type not in types",
+    ENDED: "{count} ended more than {past_days} days ago (past_days)",
+    UNMAPPABLE: "{count} could not be turned into events (the log names them)",
 }
 HISTORY_COLUMNS = ("Started", "Duration", "Requests", "Added", "Changed", "Removed", "Outcome")
 
 
 def render_status_page(report: StatusReport, csrf_token: str, *, can_sync: bool, notice: str | None = None) -> str:
-    """Return the whole status page for a logged-in operator."""
+    """Return the whole status page for a logged-in operator, with ``notice`` above the Sync now button."""
     body = [
         _header(csrf_token),
         "<main>",
@@ -139,11 +175,15 @@ def render_status_page(report: StatusReport, csrf_token: str, *, can_sync: bool,
         _history(report),
         _agenda(report),
         "</main>",
-        f'<footer>calsync {escape(__version__)} · page generated {escape(format_time(report.generated_at, report.timezone))}'
-        " · times in the business time zone</footer>",
+        _footer(report),
         f"<script>{COPY_SCRIPT}</script>",
     ]
     return _document("calsync status", body)
+
+
+def queued_notice(requested_at: datetime, timezone: ZoneInfo) -> str:
+    """Return the notice for a sync requested at ``requested_at`` that has not finished yet."""
+    return QUEUED_NOTICE.format(time=format_time(requested_at, timezone))
 
 
 def render_login_page(message: str | None = None) -> str:
@@ -154,6 +194,9 @@ def render_login_page(message: str | None = None) -> str:
         "<h1>calsync status</h1>",
         alert,
         '<form method="post" action="/login" class="card">',
+        # Chromium logs a warning for a password form without a username field, and password managers name
+        # the saved entry after it. The server ignores the field.
+        '<input type="text" name="username" value="admin" autocomplete="username" hidden>',
         '<label for="token">Admin token</label>',
         '<input id="token" name="token" type="password" autocomplete="current-password" required>',
         '<p class="muted">The admin token is <code>server.admin_token</code> in the calsync configuration.</p>',
@@ -194,6 +237,15 @@ def _document(title: str, body: list[str]) -> str:
     ])
 
 
+def _footer(report: StatusReport) -> str:
+    generated = format_time(report.generated_at, report.timezone)
+    zone = f"{report.timezone.key} ({report.generated_at.astimezone(report.timezone):%Z})"
+    return (
+        f"<footer>calsync {escape(__version__)} · page generated {escape(generated)} · "
+        f"times in the business time zone, {escape(zone)}</footer>"
+    )
+
+
 def _header(csrf_token: str) -> str:
     return (
         "<header><h1>calsync status</h1>"
@@ -217,8 +269,8 @@ def _health(report: StatusReport) -> str:
 
 def _sync_controls(report: StatusReport, csrf_token: str, can_sync: bool, notice: str | None) -> str:
     parts = ['<section aria-labelledby="sync-heading"><h2 id="sync-heading">Sync</h2>']
-    if notice in NOTICES:
-        parts.append(f'<p class="notice card" role="status">{escape(NOTICES[notice])}</p>')
+    if notice:
+        parts.append(f'<p class="notice card" role="status">{escape(notice)}</p>')
     state = "A sync is running now." if report.sync_running else "No sync is running."
     parts.append(f"<p>{state} Syncs run every {escape(format_duration(report.interval))}.</p>")
     if can_sync:
@@ -238,7 +290,24 @@ def _sync_controls(report: StatusReport, csrf_token: str, can_sync: bool, notice
 
 def _feeds(report: StatusReport) -> str:
     cards = "".join(_feed_card(feed, report) for feed in report.feeds)
-    return f'<section aria-labelledby="feeds-heading"><h2 id="feeds-heading">Feeds</h2><div class="feeds">{cards}</div></section>'
+    return (
+        '<section aria-labelledby="feeds-heading"><h2 id="feeds-heading">Feeds</h2>'
+        f'{_link_warning(report.link_problems)}<div class="feeds">{cards}</div></section>'
+    )
+
+
+def _link_warning(problems: list[str]) -> str:
+    """Explain why the Google Calendar and Outlook buttons cannot work with the current server.public_url."""
+    if not problems:
+        return ""
+    items = "".join(f"<li>{escape(problem)}.</li>" for problem in problems)
+    return (
+        '<div class="card health-warning" role="note"><p><strong>The Google Calendar and Outlook buttons '
+        "cannot work with this address.</strong> Google Calendar and Outlook fetch feeds from their own "
+        "servers, which cannot reach it:</p>"
+        f"<ul>{items}</ul><p>Set server.public_url to the https address at which the internet reaches this "
+        "server, for example through a reverse proxy.</p></div>"
+    )
 
 
 def _feed_card(feed: FeedSummary, report: StatusReport) -> str:
@@ -251,6 +320,7 @@ def _feed_card(feed: FeedSummary, report: StatusReport) -> str:
         "<dl>",
         _term("Events", "not published yet" if feed.events is None else str(feed.events)),
         _term("By status", _status_counts(feed.by_status)),
+        _term("Bookings", _coverage(feed.coverage, feed.past_days)) if feed.coverage else "",
         _term("Size", "–" if feed.size is None else format_size(feed.size)),
         _term("Last published", _published(feed, report)),
         _term("Access", access),
@@ -278,8 +348,21 @@ def _term(name: str, value: str) -> str:
 
 def _status_counts(by_status: dict[str, int]) -> str:
     if not by_status:
-        return "no bookings"
+        return "no events"
     return ", ".join(f"{status} {count}" for status, count in by_status.items())
+
+
+def _coverage(coverage: FeedCoverage, past_days: int) -> str:
+    """Say how many stored bookings the feed showed at the last successful sync, and why it left out the rest."""
+    stored = f"{coverage.stored} stored at the last successful sync, {coverage.events} in this feed"
+    reasons = [
+        EXCLUSION_TEXTS.get(reason, "{count} left out: " + reason).format(count=count, past_days=past_days)
+        for reason, count in coverage.excluded.items()
+        if count
+    ]
+    if not reasons:
+        return stored
+    return f"{stored}. Left out: {'; '.join(reasons)}."
 
 
 def _published(feed: FeedSummary, report: StatusReport) -> str:
@@ -307,9 +390,10 @@ def _history(report: StatusReport) -> str:
     rows = "".join(_run_rows(run, report.timezone) for run in report.runs)
     return (
         f'<section aria-labelledby="history-heading">{heading}'
-        f"{render_chart(report.runs)}"
+        f"{render_legend()}{render_chart(report.runs)}"
         '<div class="table-wrap"><table id="history">'
-        f"<caption>The last {len(report.runs)} syncs, newest first. Failed syncs show their error.</caption>"
+        f"<caption>The last {len(report.runs)} syncs, newest first. A failed sync shows its error, or points "
+        "to the newer sync with the same error.</caption>"
         f"<thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
@@ -320,10 +404,12 @@ def _number_class(column: str) -> str:
 
 def _run_rows(run: RunSummary, timezone: ZoneInfo) -> str:
     duration = "–" if run.seconds is None else f"{run.seconds:.2f} s"
+    trigger = TRIGGER_LABELS.get(run.trigger or "")
+    started = f' <span class="muted">({escape(trigger)})</span>' if trigger else ""
     # data-label names the column for the narrow layout, which shows each run as a block of labelled lines.
     cells = [
         f'<td data-label="Started"><time datetime="{escape(run.started_at.isoformat())}">'
-        f"{escape(format_time(run.started_at, timezone))}</time></td>",
+        f"{escape(format_time(run.started_at, timezone))}</time>{started}</td>",
         f'<td class="number" data-label="Duration">{escape(duration)}</td>',
         f'<td class="number" data-label="Requests">{run.requests}</td>',
         f'<td class="number" data-label="Added">{run.added}</td>',
@@ -332,18 +418,34 @@ def _run_rows(run: RunSummary, timezone: ZoneInfo) -> str:
         f'<td data-label="Outcome">{_outcome(run)}</td>',
     ]
     row_class = ' class="failed"' if run.outcome == "failed" else ""
-    rows = [f"<tr{row_class}>{''.join(cells)}</tr>"]
+    anchor = f' id="{_run_anchor(run)}"' if run.outcome == "failed" and run.repeat_of is None else ""
+    rows = [f"<tr{row_class}{anchor}>{''.join(cells)}</tr>"]
     if run.outcome == "failed":
-        error_type = f"{run.error_type}: " if run.error_type else ""
-        rows.append(
-            f'<tr class="detail failed"><td colspan="{len(HISTORY_COLUMNS)}">'
-            f"<strong>Error:</strong> {escape(error_type + (run.error or 'no message'))}"
-            f"<br><strong>What to do:</strong> {escape(run.hint or '')}</td></tr>"
-        )
+        rows.append(f'<tr class="detail failed"><td colspan="{len(HISTORY_COLUMNS)}">{_failure(run, timezone)}</td></tr>')
     elif run.warnings:
         items = "".join(f"<li>{escape(warning)}</li>" for warning in run.warnings)
         rows.append(f'<tr class="detail"><td colspan="{len(HISTORY_COLUMNS)}"><ul>{items}</ul></td></tr>')
     return "".join(rows)
+
+
+def _failure(run: RunSummary, timezone: ZoneInfo) -> str:
+    """Show the error and what to do, or one line that points at the newer run with the same error."""
+    if run.repeat_of is not None:
+        newer = run.repeat_of
+        return (
+            f'Same error as the failed sync at <a href="#{_run_anchor(newer)}">'
+            f"{escape(format_time(newer.started_at, timezone))}</a> above."
+        )
+    error_type = f"{run.error_type}: " if run.error_type else ""
+    return (
+        f"<strong>Error:</strong> {escape(error_type + (run.error or 'no message'))}"
+        f"<br><strong>What to do:</strong> {escape(run.hint or '')}"
+    )
+
+
+def _run_anchor(run: RunSummary) -> str:
+    """Return the id of a run's table row. A run not read from the store has no id, so its start time is used."""
+    return f"run-{run.id}" if run.id is not None else f"run-{run.started_at.timestamp():.0f}"
 
 
 def _outcome(run: RunSummary) -> str:

@@ -76,8 +76,17 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # What started the run: scheduled, manual or command (see RunRecord.trigger). NULL for older runs.
+        "ALTER TABLE runs ADD COLUMN trigger TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Values of ``runs.trigger``, which names what started a sync run.
+TRIGGER_SCHEDULED = "scheduled"  # the interval timer of calsync serve, including its first sync at start
+TRIGGER_MANUAL = "manual"  # POST /sync, from the status page's "Sync now" button or a script
+TRIGGER_COMMAND = "command"  # calsync sync, run by hand or by cron
 
 
 def utc_text(moment: datetime) -> str:
@@ -135,6 +144,8 @@ class RunRecord:
     id: int | None = None
     # Class name of the exception that ended a failed run; None for a success and for runs stored before it existed.
     error_type: str | None = None
+    # One of the TRIGGER_* values; None for runs stored before it existed.
+    trigger: str | None = None
 
 
 class StateStore:
@@ -295,8 +306,8 @@ class StateStore:
 
     def add_run(self, run: RunRecord) -> int:
         cursor = self.connection.execute(
-            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json, error_type)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json, error_type, trigger)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             _run_to_row(run),
         )
         run.id = cursor.lastrowid
@@ -305,7 +316,7 @@ class StateStore:
     def update_run(self, run: RunRecord) -> None:
         self.connection.execute(
             "UPDATE runs SET started_at = ?, finished_at = ?, seconds = ?, outcome = ?, error = ?, stats_json = ?,"
-            " error_type = ? WHERE id = ?",
+            " error_type = ?, trigger = ? WHERE id = ?",
             (*_run_to_row(run), run.id),
         )
 
@@ -318,7 +329,10 @@ class StateStore:
         return _run_from_row(rows[0]) if rows else None
 
     def _read_runs(self, clause: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        query = f"SELECT id, started_at, finished_at, seconds, outcome, error, stats_json, error_type FROM runs {clause}"
+        query = (
+            "SELECT id, started_at, finished_at, seconds, outcome, error, stats_json, error_type, trigger"
+            f" FROM runs {clause}"
+        )
         try:
             return self.connection.execute(query, parameters).fetchall()
         except sqlite3.Error as error:
@@ -464,11 +478,12 @@ def _run_to_row(run: RunRecord) -> tuple[Any, ...]:
         run.error,
         json.dumps(run.stats, sort_keys=True),
         run.error_type,
+        run.trigger,
     )
 
 
 def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
-    run_id, started_at, finished_at, seconds, outcome, error, stats_json, error_type = row
+    run_id, started_at, finished_at, seconds, outcome, error, stats_json, error_type, trigger = row
     return RunRecord(
         id=run_id,
         started_at=datetime.fromisoformat(started_at),
@@ -478,4 +493,5 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         error=error,
         stats=json.loads(stats_json),
         error_type=error_type,
+        trigger=trigger,
     )

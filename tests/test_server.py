@@ -588,6 +588,17 @@ def test_healthz(http, base_url) -> None:
     assert response.headers["Cache-Control"] == "no-store"
 
 
+def test_favicon_is_empty(http, base_url) -> None:
+    response = http.get(f"{base_url}/favicon.ico")
+    post = http.post(f"{base_url}/favicon.ico")
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert "Content-Length" not in response.headers
+    assert response.headers["Cache-Control"] == "public, max-age=86400"
+    assert post.status_code == 405
+
+
 def test_readyz_without_status_needs_every_feed(http, config, serve) -> None:
     url = serve(FeedApp(config))
     ready = http.get(f"{url}/readyz")

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -217,6 +218,9 @@ def test_login_form_served(http, config, serve) -> None:
     assert response.status_code == 200
     field = page.find("input", name="token")
     assert field.attrs["type"] == "password"
+    username = page.find("input", name="username")
+    assert username.attrs["autocomplete"] == "username"
+    assert "hidden" in username.attrs
     assert page.find("label", for_="token").text() == "Admin token"
     assert page.find("form", action="/login").attrs["method"] == "post"
 
@@ -382,11 +386,36 @@ def test_sync_form_queues_sync(http, config, serve, caplog) -> None:
     response = http.post(f"{url}/sync", data={"csrf_token": form_token(page)}, allow_redirects=False)
 
     assert response.status_code == 303
-    assert response.headers["Location"] == "/?sync=queued"
+    assert re.fullmatch(r"/\?sync=queued&at=\d{13}", response.headers["Location"])
     assert request_sync.calls == 1
     assert "sync requested from the status page by 127.0.0.1" in messages(caplog, "calsync.admin_pages")
-    _, after = fetch_page(http, url, "/?sync=queued")
-    assert "Sync requested" in after.find("p", role="status").text()
+    _, after = fetch_page(http, url, response.headers["Location"])
+    assert "You requested a sync at" in after.find("p", role="status").text()
+
+
+def test_sync_notice_gone_once_run_recorded(http, config, serve) -> None:
+    url = serve(FeedApp(config, request_sync=SyncRequests()))
+    log_in(http, url)
+    _, page = fetch_page(http, url)
+    location = http.post(f"{url}/sync", data={"csrf_token": form_token(page)}, allow_redirects=False).headers["Location"]
+    _, pending = fetch_page(http, url, location)
+
+    SyncEngine(config).run()
+    _, after_run = fetch_page(http, url, location)
+
+    assert len(pending.find_all("p", role="status")) == 1
+    assert after_run.find_all("p", role="status") == []
+
+
+@pytest.mark.parametrize("query", ["?sync=queued", "?sync=queued&at=soon", "?sync=queued&at=99999999999999999999"])
+def test_sync_notice_needs_request_time(http, config, serve, query) -> None:
+    url = serve(FeedApp(config, request_sync=SyncRequests()))
+    log_in(http, url)
+
+    response, page = fetch_page(http, url, f"/{query}")
+
+    assert response.status_code == 200
+    assert page.find_all("p", role="status") == []
 
 
 @pytest.mark.parametrize("data", [{}, {"csrf_token": ""}, {"csrf_token": "forged"}])
@@ -536,17 +565,123 @@ def test_feed_cards(http, config, serve) -> None:
         assert "hidden" in card.find("button", type="button").attrs
 
 
-def test_feed_status_counts_match_state(http, config, serve) -> None:
+def test_feed_status_counts_match_file(http, config, serve) -> None:
+    url = serve(FeedApp(config))
+    log_in(http, url)
+    data = feed_path(config.sync.state_dir, "bookings").read_bytes()
+    # calsync writes the booking type first and the status last into CATEGORIES.
+    expected = Counter(str(event["CATEGORIES"].cats[-1]) for event in parse_both(data).walk("VEVENT"))
+
+    _, page = fetch_page(http, url)
+
+    terms = card_terms(page, "bookings")
+    counts = dict(part.rsplit(" ", 1) for part in terms["By status"].split(", "))
+    assert set(counts) <= {"scheduled", "completed", "cancelled", "no-show"}
+    assert {status: int(count) for status, count in counts.items()} == dict(expected)
+    assert sum(int(count) for count in counts.values()) == int(terms["Events"])
+
+
+def card_terms(page: Element, feed: str) -> dict[str, str]:
+    card = page.find("article", aria_labelledby=f"feed-{feed}")
+    return dict(zip([dt.text() for dt in card.find_all("dt")], [dd.text() for dd in card.find_all("dd")]))
+
+
+def statuses_in_file(data: bytes) -> Counter[str]:
+    """Count a busy feed's events by iCalendar STATUS with a real parser."""
+    return Counter(str(event["STATUS"]) for event in parse_both(data).walk("VEVENT"))
+
+
+def test_status_counts_follow_file_after_failed_publish(http, tmp_path, serve) -> None:
+    with Sandbox(secret=SECRET, count=40) as small:
+        config = load(tmp_path, small.base_url)
+        SyncEngine(config).run()
+        served = feed_path(config.sync.state_dir, "busy").read_bytes()
+        added = small.add({"title": "Booked while the disk was full"})["_id"]
+        # The bookings feed is published first, and a directory in its place fails the sync before busy is written.
+        blocked = feed_path(config.sync.state_dir, "bookings")
+        blocked.unlink()
+        blocked.mkdir()
+        with pytest.raises(CalsyncError):
+            SyncEngine(config).run()
     url = serve(FeedApp(config))
     log_in(http, url)
 
     _, page = fetch_page(http, url)
 
-    card = page.find("article", aria_labelledby="feed-bookings")
-    terms = dict(zip([dt.text() for dt in card.find_all("dt")], [dd.text() for dd in card.find_all("dd")]))
+    terms = card_terms(page, "busy")
     counts = dict(part.rsplit(" ", 1) for part in terms["By status"].split(", "))
-    assert set(counts) <= {"scheduled", "completed", "cancelled", "no-show"}
+    assert feed_path(config.sync.state_dir, "busy").read_bytes() == served
+    assert {status: int(count) for status, count in counts.items()} == dict(statuses_in_file(served))
     assert sum(int(count) for count in counts.values()) == int(terms["Events"])
+    with StateStore.open_in(config.sync.state_dir) as store:
+        assert added in store.bookings()
+
+
+def test_feed_card_explains_left_out_bookings(http, config, serve) -> None:
+    url = serve(FeedApp(config))
+    log_in(http, url)
+    with StateStore.open_in(config.sync.state_dir) as store:
+        coverage = store.last_success().stats["coverage"]["bookings"]
+        stored = len(store.bookings())
+
+    _, page = fetch_page(http, url)
+
+    text = card_terms(page, "bookings")["Bookings"]
+    assert text.startswith(f"{stored} stored at the last successful sync, {coverage['events']} in this feed. Left out: ")
+    assert f"{coverage['ended']} ended more than 90 days ago (past_days)" in text
+    assert coverage["events"] + coverage["ended"] == stored
+    assert int(card_terms(page, "bookings")["Events"]) == coverage["events"]
+
+
+def test_link_warning_without_public_url(http, config, serve) -> None:
+    url = serve(FeedApp(config))
+    log_in(http, url)
+
+    _, page = fetch_page(http, url)
+
+    warning = page.find("section", aria_labelledby="feeds-heading").find("div", role="note").text()
+    assert "Google Calendar and Outlook fetch feeds from their own servers, which cannot reach it" in warning
+    assert f"server.public_url is not set, so these links use the listen address {config.server.listen}" in warning
+    assert "Set server.public_url to the https address" in warning
+
+
+def test_no_link_warning_for_https_public_url(http, tmp_path, synced_dir, api, serve) -> None:
+    shutil.copytree(synced_dir / "state", tmp_path / "state")
+    url = serve(FeedApp(load(tmp_path, api.base_url, public_url="https://calendar.example.com")))
+    log_in(http, url)
+
+    _, page = fetch_page(http, url)
+
+    assert page.find("section", aria_labelledby="feeds-heading").find_all("div", role="note") == []
+
+
+@pytest.mark.parametrize("public_url, problems", [
+    ("http://calendar.example.com", ["is not https"]),
+    ("https://192.168.1.20:8443", ["is a private address"]),
+    ("http://127.0.0.1:8080", ["is not https", "is reachable only from this machine"]),
+])
+def test_link_warning_follows_public_url(http, tmp_path, synced_dir, api, serve, public_url, problems) -> None:
+    shutil.copytree(synced_dir / "state", tmp_path / "state")
+    url = serve(FeedApp(load(tmp_path, api.base_url, public_url=public_url)))
+    log_in(http, url)
+
+    _, page = fetch_page(http, url)
+
+    note = page.find("section", aria_labelledby="feeds-heading").find("div", role="note")
+    items = [item.text() for item in note.find_all("li")]
+    assert len(items) == len(problems)
+    for item, problem in zip(items, problems):
+        assert item.startswith("server.public_url ")
+        assert problem in item
+
+
+def test_footer_names_time_zone(http, config, serve) -> None:
+    url = serve(FeedApp(config))
+    log_in(http, url)
+
+    _, page = fetch_page(http, url)
+
+    assert page.find("footer").text().endswith("times in the business time zone, Africa/Nairobi (EAT)")
 
 
 def test_unpublished_feed_shown(http, config, serve) -> None:
@@ -583,6 +718,25 @@ def test_history_lists_runs(http, config, serve) -> None:
     assert "published bookings, busy" in oldest[6]
 
 
+def test_history_marks_trigger(http, config, serve) -> None:
+    with StateStore.open_in(config.sync.state_dir) as store:
+        template = store.recent_runs(1)[0]
+        with store.transaction():
+            for trigger in ("scheduled", "manual"):
+                template.id = None
+                template.trigger = trigger
+                store.add_run(template)
+    url = serve(FeedApp(config))
+    log_in(http, url)
+
+    _, page = fetch_page(http, url)
+
+    started = [row.find("td").text() for row in history_rows(page)]
+    assert started[0].endswith(" EAT (manual)")
+    assert started[1].endswith(" EAT")
+    assert started[2].endswith(" EAT (calsync sync)")
+
+
 def test_history_shows_at_most_50_runs(http, config, serve) -> None:
     with StateStore.open_in(config.sync.state_dir) as store:
         template = store.recent_runs(1)[0]
@@ -608,9 +762,11 @@ def test_history_chart(http, config, serve) -> None:
     chart = page.find("svg", role="img")
     assert chart.find("title").text() == "Changes and duration of recent syncs"
     assert chart.find("desc").text().startswith("2 syncs, oldest on the left.")
-    # One bar per run plus the legend's swatch.
-    assert len(chart.find_all("rect")) == 3
+    assert len(chart.find_all("rect")) == 2
     assert len(chart.find_all("polyline")) == 1
+    legend = page.find("p", class_="chart-legend").text()
+    assert "changes (added + changed + removed)" in legend
+    assert "failed" in legend
 
 
 def test_agenda_covers_next_14_days(http, config, serve) -> None:
@@ -684,6 +840,57 @@ def test_health_names_incomplete_listing(http, config, api, serve) -> None:
 
     assert "The last sync failed: booking listing is incomplete" in text
     assert "published nothing rather than drop events" in text
+
+
+def test_health_repeated_incomplete_listing(http, config, api, serve) -> None:
+    for _ in range(3):
+        fail_sync(config, api, Fault("total-inflated", endpoint="list"))
+    url = serve(FeedApp(config))
+    received = len(api.ids())
+
+    text = health_of(http, url).text()
+
+    assert "The last 3 syncs failed: booking listing is incomplete" in text
+    assert "This is not a one-off: the last 3 syncs all found the booking list incomplete" in text
+    assert "Cashfin's pagination is inconsistent" in text
+    assert (
+        f"GET /business/booking/list?limit=100 reported pagination.total {received + 5}, and its 4 page(s) "
+        f"returned {received} unique bookings" in text
+    )
+    assert "calsync keeps serving the feeds of the last good sync" in text
+    assert "the message shows which page" not in text
+
+
+def test_health_two_incomplete_listings_not_persistent(http, config, api, serve) -> None:
+    for _ in range(2):
+        fail_sync(config, api, Fault("total-inflated", endpoint="list"))
+    url = serve(FeedApp(config))
+
+    text = health_of(http, url).text()
+
+    assert "The last 2 syncs failed: booking listing is incomplete" in text
+    assert "Bookings changing during the listing cause this once" in text
+    assert "not a one-off" not in text
+
+
+def test_history_shows_repeated_error_once(http, config, api, serve) -> None:
+    for _ in range(3):
+        fail_sync(config, api, Fault("total-inflated", endpoint="list"))
+    url = serve(FeedApp(config))
+    log_in(http, url)
+
+    _, page = fetch_page(http, url)
+
+    rows = page.find("table", id="history").find("tbody").find_all("tr")
+    details = [row for row in rows if "detail" in (row.attrs.get("class") or "")]
+    newest_run = rows[0]
+    assert "ListingIncompleteError: booking listing is incomplete" in details[0].text()
+    assert "What to do: This is not a one-off" in details[0].text()
+    for repeat in details[1:3]:
+        assert repeat.text().startswith("Same error as the failed sync at ")
+        assert "What to do" not in repeat.text()
+        assert repeat.find("a").attrs["href"] == f"#{newest_run.attrs['id']}"
+    assert sum(1 for row in details if "What to do" in row.text()) == 1
 
 
 def test_health_names_unwritable_feed_path(http, config, api, serve) -> None:

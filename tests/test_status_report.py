@@ -1,20 +1,24 @@
-"""The pieces of the status report that need no server: the agenda window, event parsing and formatting."""
+"""The pieces of the status report that need no server: agenda, feed scanning, run summaries, hints and the chart."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from calsync.feed_scan import count_events, count_statuses, split_text_list
+from calsync.status_chart import nice_ceiling, render_chart
+from calsync.status_hints import failure_hint, listing_support_advice
 from calsync.status_report import (
     AgendaEvent,
-    count_events,
     format_age,
     format_size,
     parse_events,
     summarize_run,
+    summarize_runs,
     upcoming_days,
 )
 from calsync.store import RunRecord
+from tests.html_tree import parse_html
 
 NAIROBI = ZoneInfo("Africa/Nairobi")
 NOW = datetime(2026, 1, 15, 9, 30, tzinfo=NAIROBI)
@@ -153,3 +157,110 @@ def test_parse_events_window_skips_far_events() -> None:
 
     summaries = [event.summary for event in events]
     assert summaries == ["started-before", "evening-before", "inside"]
+
+
+def test_count_statuses_prefers_categories() -> None:
+    feed = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\n"
+        # The status sits after a type that contains an escaped comma, and the line is folded.
+        "BEGIN:VEVENT\r\nUID:a@x\r\nSTATUS:CONFIRMED\r\nCATEGORIES:Hair\\, nails and mo\r\n re,No_Show\r\nEND:VEVENT\r\n"
+        # A type that spells a status comes before the real status.
+        "BEGIN:VEVENT\r\nUID:b@x\r\nSTATUS:CONFIRMED\r\nCATEGORIES:completed,scheduled\r\nEND:VEVENT\r\n"
+        # A busy feed has no CATEGORIES. The alarm's own lines do not count.
+        "BEGIN:VEVENT\r\nUID:c@x\r\nSTATUS:CANCELLED\r\nBEGIN:VALARM\r\nSTATUS:CONFIRMED\r\n"
+        "END:VALARM\r\nEND:VEVENT\r\n"
+        # An unknown status falls back to STATUS.
+        "BEGIN:VEVENT\r\nUID:d@x\r\nSTATUS:CONFIRMED\r\nCATEGORIES:Class,pending\r\nEND:VEVENT\r\n"
+        "END:VCALENDAR\r\n"
+    ).encode()
+
+    counts = count_statuses(feed)
+
+    assert counts == {"CANCELLED": 1, "CONFIRMED": 1, "no-show": 1, "scheduled": 1}
+    assert sum(counts.values()) == count_events(feed)
+
+
+def test_split_text_list_unescapes() -> None:
+    assert split_text_list("a\\,b\\\\,c") == ["a,b\\", "c"]
+    assert split_text_list("") == [""]
+
+
+def test_nice_ceiling() -> None:
+    assert nice_ceiling(1.65) == 2
+    assert nice_ceiling(2) == 2
+    assert nice_ceiling(0.21) == 0.25
+    assert nice_ceiling(0.3) == 0.5
+    assert nice_ceiling(7.2) == 10
+    assert nice_ceiling(0.0012) == 0.002
+    assert nice_ceiling(1234) == 2000
+
+
+def run_with(seconds: float, outcome: str = "success", **fields: object) -> RunRecord:
+    return RunRecord(started_at=datetime(2026, 1, 15, tzinfo=UTC), outcome=outcome, seconds=seconds, **fields)
+
+
+def test_chart_duration_axis_covers_longest_sync() -> None:
+    svg = parse_html(render_chart([summarize_run(run_with(1.65)), summarize_run(run_with(0.4))]))
+
+    labels = [text.text() for text in svg.find_all("text")]
+
+    assert "2s" in labels
+    assert "1.6s" not in labels
+    assert "at most 1.65 seconds" in svg.find("desc").text()
+
+
+def failed_listing(minute: int, **stats: object) -> RunRecord:
+    return RunRecord(
+        started_at=datetime(2026, 1, 15, 6, minute, tzinfo=UTC), outcome="failed", id=minute,
+        error="booking listing is incomplete: received 300 of 305 bookings (pagination.total 305, "
+              "unique bookings received 300)",
+        error_type="ListingIncompleteError", stats=dict(stats),
+    )
+
+
+def test_summarize_runs_shows_error_once() -> None:
+    success = RunRecord(started_at=datetime(2026, 1, 15, 5, tzinfo=UTC), outcome="success", id=1)
+    runs = [failed_listing(45), failed_listing(30), success, failed_listing(15)]
+
+    summaries = summarize_runs(runs, NAIROBI)
+
+    assert summaries[0].repeat_of is None
+    assert summaries[1].repeat_of is summaries[0]
+    assert summaries[2].repeat_of is None
+    assert summaries[3].repeat_of is summaries[0]
+    assert summaries[0].hint is not None
+    assert "Bookings changing during the listing cause this once" in summaries[0].hint
+
+
+def test_listing_advice_after_three_failures() -> None:
+    stats = {"listing_total": 305, "listing_received": 300, "pages": 4, "page_size": 100,
+             "listing_problems": ["received 300 of 305 bookings"]}
+    runs = [failed_listing(45, **stats), failed_listing(30, **stats), failed_listing(15, **stats)]
+
+    hint = failure_hint(runs, NAIROBI)
+
+    assert hint.startswith("This is not a one-off: the last 3 syncs all found the booking list incomplete.")
+    assert (
+        "Give Cashfin support these numbers from the sync at 2026-01-15 09:45 EAT: GET /business/booking/list"
+        "?limit=100 reported pagination.total 305, and its 4 page(s) returned 300 unique bookings." in hint
+    )
+    assert "keeps serving the feeds of the last good sync" in hint
+    assert summarize_runs(runs, NAIROBI)[0].hint == hint
+
+
+def test_listing_advice_names_failed_pages() -> None:
+    problems = ["page 3 failed: request to http://127.0.0.1:9/business/booking/list failed: refused",
+                "received 200 of 300 bookings"]
+
+    advice = listing_support_advice(failed_listing(45, page_size=100, listing_problems=problems), 4, NAIROBI)
+
+    assert "the last 4 syncs" in advice
+    assert "Requests for pages of it failed each time: page 3 failed: request to" in advice
+    assert "pagination is inconsistent" not in advice
+
+
+def test_listing_advice_for_runs_without_numbers() -> None:
+    advice = listing_support_advice(failed_listing(45), 3, NAIROBI)
+
+    assert "Give Cashfin support the numbers in the error message" in advice
+    assert "GET /business/booking/list)" in advice

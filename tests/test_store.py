@@ -9,6 +9,7 @@ from calsync.errors import StateError
 from calsync.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    TRIGGER_MANUAL,
     RunRecord,
     StateStore,
     StoredBooking,
@@ -141,6 +142,21 @@ def test_run_error_type_round_trip(tmp_path):
     assert loaded.error == "rejected"
 
 
+def test_run_trigger_round_trip(tmp_path):
+    run = RunRecord(started_at=NOW, outcome="running", trigger=TRIGGER_MANUAL)
+
+    with StateStore.open_in(tmp_path) as store:
+        with store.transaction():
+            store.add_run(run)
+        run.outcome = "success"
+        with store.transaction():
+            store.update_run(run)
+        loaded = store.recent_runs(1)[0]
+
+    assert loaded.trigger == "manual"
+    assert loaded.outcome == "success"
+
+
 def test_version_1_database_upgraded_keeping_runs(tmp_path):
     path = tmp_path / "state.sqlite3"
     connection = sqlite3.connect(path, isolation_level=None)
@@ -162,3 +178,4 @@ def test_version_1_database_upgraded_keeping_runs(tmp_path):
     assert len(runs) == 1
     assert runs[0].error == "timed out"
     assert runs[0].error_type is None
+    assert runs[0].trigger is None

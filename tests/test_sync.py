@@ -24,6 +24,7 @@ from calsync.errors import (
     TransportError,
 )
 from calsync.feeds import publish
+from calsync.mapping import status_name
 from calsync.sandbox import Sandbox
 from calsync.store import StateStore
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
@@ -373,6 +374,40 @@ past_days = 7
 
 
 @freeze_time(SYNC_TIME)
+def test_coverage_accounts_for_every_booking(tmp_path, api):
+    unmappable = upcoming_scheduled_id(api)
+    api.update(unmappable, starttime="next Tuesday")
+    feeds = """
+[[feeds]]
+name = "open"
+token = "t1"
+statuses = ["scheduled", "completed", "no-show"]
+past_days = 7
+
+[[feeds]]
+name = "classes"
+token = "t2"
+types = ["class"]
+"""
+    result = engine_for(tmp_path, api.base_url, extra=feeds).run()
+
+    bookings = [api.get(booking_id) for booking_id in api.ids()]
+    cancelled = sum(1 for booking in bookings if status_name(booking["status"]) == "cancelled")
+    other_types = sum(1 for booking in bookings if booking.get("type") != "class")
+    open_feed = result.stats.coverage["open"]
+    assert open_feed["stored"] == 250
+    assert open_feed["events"] == result.stats.events["open"]
+    assert open_feed["status"] == cancelled
+    assert open_feed["ended"] > 0
+    assert open_feed["unmappable"] == 1
+    assert open_feed["events"] + sum(open_feed[key] for key in ("status", "ended", "unmappable")) == 250
+    assert set(open_feed) == {"stored", "events", "status", "ended", "unmappable"}
+    classes = result.stats.coverage["classes"]
+    assert classes["type"] == other_types
+    assert classes["events"] + sum(count for key, count in classes.items() if key not in ("stored", "events")) == 250
+
+
+@freeze_time(SYNC_TIME)
 def test_summary_line_logged(tmp_path, api, caplog):
     caplog.set_level("INFO", logger="calsync")
 
@@ -474,6 +509,12 @@ def test_incomplete_listing_deletes_and_publishes_nothing(tmp_path, api, proxy):
     assert feed_file(tmp_path).read_bytes() == before
     with StateStore.open_in(tmp_path / "state") as store:
         assert target in store.bookings()
+        failed = store.recent_runs(1)[0]
+    assert failed.stats["listing_total"] == 250
+    assert failed.stats["listing_received"] == 249
+    assert failed.stats["page_size"] == 100
+    assert failed.stats["pages"] == 3
+    assert failed.stats["listing_problems"] == ["received 249 of 250 bookings"]
 
     proxy.extra_total = 0
     result = engine.run()
