@@ -5,7 +5,9 @@ fetch: new and changed bookings, bookings without details, and a bounded
 share of stale details. It fetches them concurrently and commits everything
 in one SQLite transaction. Only then does it render and publish every feed,
 so a sync that fails at any step publishes nothing and the last good feeds
-stay in place.
+stay in place. A sync that changed nothing skips rendering when every
+published feed is still what the state, the settings and the clock would
+render (see ``calsync.store.FeedRender``).
 
 This module never imports the CLI or the feed server.
 """
@@ -20,24 +22,34 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from calsync.cashfin import CashfinClient, DetailsResult, Listing, client_for
-from calsync.config import Config
+from calsync.config import Config, FeedSettings
 from calsync.errors import (
     CalsyncError,
     ListingIncompleteError,
     StateError,
     SyncCancelledError,
 )
-from calsync.event_cache import RenderCache
-from calsync.feeds import RenderedFeed, publish, remove_stale_temporaries, render_feed
+from calsync.event_cache import RenderCache, settings_key
+from calsync.feeds import (
+    RenderedFeed,
+    calendar_header,
+    feed_path,
+    mapping_settings,
+    publish,
+    remove_stale_temporaries,
+    render_feed,
+)
 from calsync.lock import sync_lock
 from calsync.mapping import significant_fields
 from calsync.store import (
     TRIGGER_COMMAND,
+    FeedRender,
     RunRecord,
     StateStore,
     StoredBooking,
@@ -72,6 +84,8 @@ class SyncStats:
     # Events serialized in this sync, and events whose stored bytes were reused.
     events_rendered: int = 0
     events_reused: int = 0
+    # True when no feed could have changed, so the published files were kept without rendering.
+    render_skipped: bool = False
     # The listing as Cashfin paged it: pagination.total of page 1, the unique bookings received, the page size
     # requested, and why the listing was incomplete, if it was. The status page shows them for a support request.
     listing_total: int = 0
@@ -79,7 +93,7 @@ class SyncStats:
     page_size: int = 0
     listing_problems: list[str] = field(default_factory=list)
     # Per feed: "stored" (bookings in the state store), "events" (in the rendered feed), and the count left out
-    # for each reason of calsync.feeds (such as "ended" or "without_details"). Set only when the sync rendered.
+    # for each reason of calsync.feeds (such as "ended" or "without_details"). Set once the sync committed.
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -108,6 +122,8 @@ class Plan:
 class SyncResult:
     stats: SyncStats
     feeds: list[RenderedFeed]
+    # What each published feed was rendered from, stored with the run record.
+    renders: list[FeedRender] = field(default_factory=list)
 
 
 def fingerprint(row: dict[str, Any]) -> str:
@@ -183,19 +199,26 @@ class SyncEngine:
                 raise
 
         stats.seconds = round(time.monotonic() - clock, 3)
-        self._record_success(store, run, stats)
+        self._record_success(store, run, stats, result.renders)
         self._log_summary(stats)
         return result
 
     def _sync(self, store: StateStore, client: CashfinClient, stats: SyncStats, now: datetime) -> SyncResult:
         bookings = self._fetch_and_commit(store, client, stats, now)
-        feeds = self._render_all(store, bookings, now, stats)
+        revision = store.revision()
+        feeds = self._current_feeds(store, revision, now)
+        if feeds is None:
+            feeds = self._render_all(store, bookings, now, stats)
+        else:
+            stats.render_skipped = True
+            self._count_current(feeds, bookings, stats)
         self._check_cancel("publishing")
         for feed in feeds:
             remove_stale_temporaries(feed.path)
             if publish(feed.path, feed.data):
                 stats.published.append(feed.name)
-        return SyncResult(stats=stats, feeds=feeds)
+        renders = [self._render_record(feed, revision, now) for feed in feeds]
+        return SyncResult(stats=stats, feeds=feeds, renders=renders)
 
     def _fetch_and_commit(
         self, store: StateStore, client: CashfinClient, stats: SyncStats, now: datetime
@@ -205,7 +228,11 @@ class SyncEngine:
         The listing and the fetched details are dropped on return, so that
         rendering does not hold a second copy of the unchanged bookings.
         """
-        listing = client.list_bookings()
+        # The listing mostly waits for the network, so the stored bookings are read meanwhile.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsync-listing") as pool:
+            pending = pool.submit(client.list_bookings)
+            stored = store.bookings(include_removed=True)
+            listing = pending.result()
         stats.pages = listing.pages
         stats.listing_total = listing.total
         stats.listing_received = len(listing.rows)
@@ -214,7 +241,6 @@ class SyncEngine:
         if not listing.complete:
             raise ListingIncompleteError(listing.total, len(listing.rows), "; ".join(listing.problems))
 
-        stored = store.bookings(include_removed=True)
         plan = self.plan(listing, stored, now)
         details = client.fetch_details(plan.fetch, cancel=self._cancel)
         self._count_requests(stats, client)
@@ -222,13 +248,59 @@ class SyncEngine:
         changes = apply_changes(listing, stored, plan, details, now, stats)
         removed = plan.removed + sorted(details.missing)
         self._check_cancel("the commit")
+        # Unchanged bookings are not rewritten (last_seen included), so a sync that changed nothing writes nothing.
         with store.transaction():
             store.save_bookings(changes)
             store.mark_removed(removed, now)
-            store.connection.execute(
-                "UPDATE bookings SET last_seen = ? WHERE removed_at IS NULL", (now.isoformat(timespec="microseconds"),)
-            )
+            if changes or removed:
+                store.bump_revision()
         return bookings_after(stored, changes, removed)
+
+    def _render_digest(self, feed: FeedSettings, revision: int) -> str:
+        """Hash the state revision and everything else that a feed's bytes depend on, except the clock."""
+        settings = mapping_settings(self.config, feed)
+        document = [
+            revision, settings_key(settings), repr(calendar_header(self.config, feed)),
+            list(feed.statuses), list(feed.types), feed.past_days,
+        ]
+        return hashlib.sha256(json.dumps(document).encode("utf-8")).hexdigest()
+
+    def _current_feeds(self, store: StateStore, revision: int, now: datetime) -> list[RenderedFeed] | None:
+        """Return every feed as published when none can have changed since, else None.
+
+        A feed is current when it was rendered from the same state revision
+        and settings, no booking has aged out of its past_days window since,
+        and its file still has the published bytes. Then the sync need not
+        render at all. Only all feeds at once are taken, because the event
+        cache's clean-up needs a pass over every feed.
+        """
+        feeds = []
+        for feed in self.config.feeds:
+            record = store.feed_render(feed.name)
+            if record is None or record.digest != self._render_digest(feed, revision):
+                return None
+            if now < record.rendered_at or (record.valid_until is not None and now >= record.valid_until):
+                return None
+            path = feed_path(self.config.sync.state_dir, feed.name)
+            try:
+                data = path.read_bytes()
+            except OSError:
+                return None
+            if hashlib.sha256(data).hexdigest() != record.sha256:
+                return None
+            feeds.append(RenderedFeed(
+                name=feed.name, path=path, data=data, events=record.events, skipped=record.skipped,
+                excluded=record.excluded, valid_until=record.valid_until,
+            ))
+        return feeds
+
+    def _render_record(self, feed: RenderedFeed, revision: int, now: datetime) -> FeedRender:
+        settings = next(settings for settings in self.config.feeds if settings.name == feed.name)
+        return FeedRender(
+            name=feed.name, digest=self._render_digest(settings, revision), rendered_at=now,
+            valid_until=feed.valid_until, sha256=hashlib.sha256(feed.data).hexdigest(), events=feed.events,
+            skipped=feed.skipped, excluded=feed.excluded,
+        )
 
     def plan(self, listing: Listing, stored: dict[str, StoredBooking], now: datetime) -> Plan:
         """Decide which details to fetch and which bookings were removed; the listing must be complete."""
@@ -280,17 +352,23 @@ class SyncEngine:
         stats.events_rendered = cache.rendered
         stats.events_reused = cache.reused
 
+        skipped = self._count_current(feeds, bookings, stats)
+        for booking_id, reason in sorted(skipped.items()):
+            log.warning("skipped booking %s: %s", booking_id, reason)
+        return feeds
+
+    @staticmethod
+    def _count_current(feeds: list[RenderedFeed], bookings: list[StoredBooking], stats: SyncStats) -> dict[str, str]:
+        """Fill the per-feed counters of ``stats`` and return the unmappable bookings of every feed."""
         skipped: dict[str, str] = {}
         for feed in feeds:
             stats.events[feed.name] = feed.events
             stats.coverage[feed.name] = {"stored": len(bookings), "events": feed.events, **feed.excluded}
             skipped.update(feed.skipped)
-        for booking_id, reason in sorted(skipped.items()):
-            log.warning("skipped booking %s: %s", booking_id, reason)
         stats.skipped = len(skipped)
         stats.pending = sum(1 for booking in bookings if booking.details is None)
         stats.bookings_by_status = dict(Counter(str(booking.row.get("status")) for booking in bookings))
-        return feeds
+        return skipped
 
     @staticmethod
     def _count_requests(stats: SyncStats, client: CashfinClient) -> None:
@@ -299,13 +377,14 @@ class SyncEngine:
         stats.api_requests = {f"{endpoint} {status}": count for (endpoint, status), count in client.status_counts.items()}
 
     @staticmethod
-    def _record_success(store: StateStore, run: RunRecord, stats: SyncStats) -> None:
+    def _record_success(store: StateStore, run: RunRecord, stats: SyncStats, renders: list[FeedRender]) -> None:
         run.outcome = "success"
         run.finished_at = datetime.now(UTC)
         run.seconds = stats.seconds
         run.stats = asdict(stats)
         with store.transaction():
             store.add_run(run)
+            store.save_feed_renders(renders)
 
     @staticmethod
     def _record_failure(store: StateStore, run: RunRecord, stats: SyncStats, clock: float, error: Exception) -> None:
@@ -336,13 +415,19 @@ class SyncEngine:
     @staticmethod
     def _log_summary(stats: SyncStats) -> None:
         events = ", ".join(f"{name}={count}" for name, count in stats.events.items())
+        if stats.render_skipped:
+            rendering = "not rendered (nothing changed)"
+        else:
+            rendering = (
+                f"rendered in {stats.render_seconds:.2f}s ({stats.events_rendered} serialized, "
+                f"{stats.events_reused} reused)"
+            )
         log.info(
             "sync finished in %.2fs: %d pages, %d details fetched (%d failed), %d added, %d changed, "
-            "%d removed, %d skipped, %d without details; events: %s; rendered in %.2fs (%d serialized, "
-            "%d reused); published: %s",
+            "%d removed, %d skipped, %d without details; events: %s; %s; published: %s",
             stats.seconds, stats.pages, stats.details_fetched, stats.details_failed, stats.added,
-            stats.changed, stats.removed, stats.skipped, stats.pending, events, stats.render_seconds,
-            stats.events_rendered, stats.events_reused, ", ".join(stats.published) or "none (unchanged)",
+            stats.changed, stats.removed, stats.skipped, stats.pending, events, rendering,
+            ", ".join(stats.published) or "none (unchanged)",
             extra={"fields": {"event": "sync_finished", **asdict(stats)}},
         )
 

@@ -62,6 +62,9 @@ class RenderedFeed:
     events: int
     skipped: dict[str, str] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)
+    # When the first selected booking leaves the past_days window, so that the bytes may change
+    # with no change to the state. None: never.
+    valid_until: datetime | None = None
 
 
 def feed_path(state_dir: Path, name: str) -> Path:
@@ -104,6 +107,8 @@ class Selection:
 
     bookings: list[StoredBooking] = field(default_factory=list)
     excluded: Counter[str] = field(default_factory=Counter)
+    # The earliest end among the selected bookings, the first to leave the past_days window. None: no end known.
+    earliest_end: datetime | None = None
 
 
 def select_bookings(feed: FeedSettings, bookings: Iterable[StoredBooking], now: datetime) -> list[StoredBooking]:
@@ -124,29 +129,36 @@ def select_with_reasons(feed: FeedSettings, bookings: Iterable[StoredBooking], n
     oldest_end = now - timedelta(days=feed.past_days)
     selection = Selection()
     for booking in bookings:
-        reason = exclusion_reason(feed, booking, oldest_end)
-        if reason is None:
-            selection.bookings.append(booking)
-        else:
+        reason, end = _exclusion(feed, booking, oldest_end)
+        if reason is not None:
             selection.excluded[reason] += 1
+            continue
+        selection.bookings.append(booking)
+        if end is not None and (selection.earliest_end is None or end < selection.earliest_end):
+            selection.earliest_end = end
     return selection
 
 
 def exclusion_reason(feed: FeedSettings, booking: StoredBooking, oldest_end: datetime) -> str | None:
     """Return why the feed leaves ``booking`` out, or None when the feed shows it."""
+    return _exclusion(feed, booking, oldest_end)[0]
+
+
+def _exclusion(feed: FeedSettings, booking: StoredBooking, oldest_end: datetime) -> tuple[str | None, datetime | None]:
+    """Return why the feed leaves ``booking`` out (None when it shows it), and the booking's end if computed."""
     record = booking.record()
     if record is None:
-        return WITHOUT_DETAILS
+        return WITHOUT_DETAILS, None
     if booking.removed_at is not None:
-        return REMOVED
+        return REMOVED, None
     if feed.statuses and (status_name(record.get("status")) or UNKNOWN_STATUS_AS) not in feed.statuses:
-        return STATUS_FILTERED
+        return STATUS_FILTERED, None
     if feed.types and record.get("type") not in feed.types:
-        return TYPE_FILTERED
+        return TYPE_FILTERED, None
     end = booking_end(record)
     if end is not None and end < oldest_end:
-        return ENDED
-    return None
+        return ENDED, end
+    return None, end
 
 
 def _start_key(booking: StoredBooking) -> tuple[str, str]:
@@ -191,8 +203,15 @@ def render_feed(
     excluded = dict(selection.excluded)
     if skipped:
         excluded[UNMAPPABLE] = len(skipped)
+    valid_until = None
+    if selection.earliest_end is not None:
+        try:
+            valid_until = selection.earliest_end + timedelta(days=feed.past_days)
+        except OverflowError:  # an end near year 9999 never leaves the window
+            valid_until = None
     return RenderedFeed(
         name=feed.name, path=path, data=data, events=len(events), skipped=skipped, excluded=excluded,
+        valid_until=valid_until,
     )
 
 

@@ -80,6 +80,24 @@ MIGRATIONS: list[list[str]] = [
         # What started the run: scheduled, manual or command (see RunRecord.trigger). NULL for older runs.
         "ALTER TABLE runs ADD COLUMN trigger TEXT",
     ],
+    [
+        # A counter that every commit changing a booking raises, so that a feed rendered at one
+        # revision is known to be current while the revision stays the same.
+        "CREATE TABLE state_revision (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL)",
+        "INSERT INTO state_revision (id, revision) VALUES (1, 0)",
+        """
+        CREATE TABLE feed_renders (
+            name TEXT PRIMARY KEY,
+            digest TEXT NOT NULL,               -- hash of the revision and every setting the feed's bytes depend on
+            rendered_at TEXT NOT NULL,          -- ISO 8601 UTC
+            valid_until TEXT,                   -- ISO 8601 UTC: the first moment a booking may age out; NULL: never
+            sha256 TEXT NOT NULL,               -- of the published file
+            events INTEGER NOT NULL,
+            skipped_json TEXT NOT NULL,         -- {booking id: reason} of the unmappable bookings
+            excluded_json TEXT NOT NULL         -- {reason: count} of the bookings left out
+        )
+        """,
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -106,6 +124,8 @@ class StoredBooking:
     fingerprint: str
     significant: str
     first_seen: datetime
+    # When a sync last wrote the booking (new, changed or refreshed). A listing that shows it
+    # unchanged does not rewrite its row, so that a sync with no changes writes nothing.
     last_seen: datetime
     details: dict[str, Any] | None = None
     details_fetched_at: datetime | None = None
@@ -129,6 +149,27 @@ class RenderedEvent:
 
     input_hash: str
     data: bytes
+
+
+@dataclass(frozen=True)
+class FeedRender:
+    """What a published feed was rendered from, so that a sync that changed nothing can skip rendering it.
+
+    The feed is still current while three things hold. The state revision
+    and the settings that ``digest`` covers are the same. The clock is
+    between ``rendered_at`` and ``valid_until``, when a booking may leave the
+    feed's ``past_days`` window. The file still has the ``sha256`` it was
+    published with.
+    """
+
+    name: str
+    digest: str
+    rendered_at: datetime
+    valid_until: datetime | None
+    sha256: str
+    events: int
+    skipped: dict[str, str]
+    excluded: dict[str, int]
 
 
 @dataclass
@@ -256,6 +297,53 @@ class StateStore:
         self.connection.executemany(
             "UPDATE bookings SET removed_at = ? WHERE id = ?",
             ((utc_text(when), booking_id) for booking_id in booking_ids),
+        )
+
+    # -- revision and feed renders --------------------------------------------
+
+    def revision(self) -> int:
+        """Return the state revision, which ``bump_revision`` raises with every change to a booking."""
+        try:
+            return self.connection.execute("SELECT revision FROM state_revision WHERE id = 1").fetchone()[0]
+        except (sqlite3.Error, TypeError) as error:
+            raise StateError(str(self.path), f"cannot read the state revision: {error}. {REBUILD_HINT}") from error
+
+    def bump_revision(self) -> None:
+        """Raise the state revision by one; call inside ``transaction()`` with the changes it stands for."""
+        self.connection.execute("UPDATE state_revision SET revision = revision + 1 WHERE id = 1")
+
+    def feed_render(self, name: str) -> FeedRender | None:
+        """Return what feed ``name`` was last published from, or None if it is not recorded or not readable."""
+        try:
+            row = self.connection.execute(
+                "SELECT name, digest, rendered_at, valid_until, sha256, events, skipped_json, excluded_json"
+                " FROM feed_renders WHERE name = ?",
+                (name,),
+            ).fetchone()
+            if row is None:
+                return None
+            return FeedRender(
+                name=row[0], digest=row[1], rendered_at=datetime.fromisoformat(row[2]),
+                valid_until=parse_utc_text(row[3]), sha256=row[4], events=row[5],
+                skipped=json.loads(row[6]), excluded=json.loads(row[7]),
+            )
+        except (sqlite3.Error, ValueError, TypeError) as error:
+            # A record that cannot be read only costs a full render, so it is not an error.
+            log.debug("cannot read the render record of feed %s: %s", name, error)
+            return None
+
+    def save_feed_renders(self, renders: Iterable[FeedRender]) -> None:
+        """Insert or replace the render records of feeds; call inside ``transaction()``."""
+        self.connection.executemany(
+            "INSERT OR REPLACE INTO feed_renders"
+            " (name, digest, rendered_at, valid_until, sha256, events, skipped_json, excluded_json)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (render.name, render.digest, utc_text(render.rendered_at),
+                 utc_text(render.valid_until) if render.valid_until else None, render.sha256, render.events,
+                 json.dumps(render.skipped, sort_keys=True), json.dumps(render.excluded, sort_keys=True))
+                for render in renders
+            ),
         )
 
     # -- rendered events ------------------------------------------------------

@@ -18,7 +18,7 @@ from freezegun import freeze_time
 from calsync import event_cache
 from calsync.config import Config, load_config
 from calsync.engine import SyncEngine, SyncResult, bookings_after
-from calsync.errors import StateError
+from calsync.errors import PublishError, StateError
 from calsync.event_cache import RenderCache, input_hash, settings_key, zone_rules_digest
 from calsync.feeds import export_feed, mapping_settings, render_feed
 from calsync.mapping import MappingSettings
@@ -122,7 +122,14 @@ def stored_rows(config: Config) -> list[tuple]:
         ).fetchall()
 
 
+def forget_feed_renders(config: Config) -> None:
+    """Delete the records that let a sync with no changes skip rendering, so that it renders from the cache."""
+    with closing(sqlite3.connect(config.sync.state_dir / "state.sqlite3")) as connection, connection:
+        connection.execute("DELETE FROM feed_renders")
+
+
 def write_entry(config: Config, key: str, booking_id: str, digest: str, data: bytes) -> None:
+    """Overwrite one stored event, and forget the feed render records so that the next sync renders."""
     with closing(sqlite3.connect(config.sync.state_dir / "state.sqlite3")) as connection:
         with connection:
             connection.execute(
@@ -130,6 +137,7 @@ def write_entry(config: Config, key: str, booking_id: str, digest: str, data: by
                 (digest, data, key, booking_id),
             )
         assert connection.total_changes == 1
+    forget_feed_renders(config)
 
 
 def key_of(config: Config, name: str) -> str:
@@ -179,13 +187,101 @@ def test_first_sync_matches_full_render(tmp_path, api):
 
 
 @freeze_time(SYNC_TIME)
+def test_unchanged_sync_skips_rendering(tmp_path, api):
+    config = make_config(tmp_path, api.base_url)
+    first = sync(config)
+    rows_before = stored_rows(config)
+    files_before = {feed.name: published(config, feed.name) for feed in config.feeds}
+
+    result = sync(config)
+
+    assert result.stats.render_skipped
+    assert result.stats.events_rendered == 0
+    assert result.stats.events_reused == 0
+    assert result.stats.events == first.stats.events
+    assert result.stats.coverage == first.stats.coverage
+    assert result.stats.published == []
+    assert stored_rows(config) == rows_before
+    assert {feed.name: published(config, feed.name) for feed in config.feeds} == files_before
+
+
+@freeze_time(SYNC_TIME)
+def test_skip_needs_published_bytes(tmp_path, api):
+    config = make_config(tmp_path, api.base_url)
+    sync(config)
+    expected = published(config, "full")
+    (config.sync.state_dir / "feeds" / "full.ics").write_bytes(expected.replace(b"SUMMARY:", b"SUMMARY:x", 1))
+
+    result = sync(config)
+
+    assert not result.stats.render_skipped
+    assert result.stats.published == ["full"]
+    assert published(config, "full") == expected
+
+
+def test_skip_ends_when_a_booking_ages_out(tmp_path, api):
+    # Details that never go stale, so that no refresh changes the state between the syncs.
+    config = make_config(tmp_path, api.base_url, sync='details_max_age = "3650d"')
+    with freeze_time(SYNC_TIME):
+        sync(config)
+    with StateStore.open_in(config.sync.state_dir) as store:
+        valid_until = min(store.feed_render(feed.name).valid_until for feed in config.feeds)
+
+    with freeze_time(valid_until - timedelta(seconds=1)):
+        before = sync(config)
+    # The booking leaves once its end is more than past_days ago, one moment after valid_until.
+    with freeze_time(valid_until + timedelta(seconds=1)):
+        after = sync(config)
+
+    assert before.stats.render_skipped
+    assert not after.stats.render_skipped
+    assert sum(after.stats.events.values()) < sum(before.stats.events.values())
+    with freeze_time(valid_until + timedelta(seconds=1)):
+        assert_feeds_match_full_render(config)
+
+
+@freeze_time(SYNC_TIME)
+def test_skip_ends_when_feed_settings_change(tmp_path, api):
+    sync(make_config(tmp_path, api.base_url))
+
+    result = sync(make_config(tmp_path, api.base_url, uid_domain="renamed.calsync.invalid"))
+
+    assert not result.stats.render_skipped
+    assert result.stats.published
+
+
+@freeze_time(SYNC_TIME)
+def test_commit_without_publish_renders_next_time(tmp_path, api):
+    config = make_config(tmp_path, api.base_url)
+    sync(config)
+    booking_id = upcoming_ids(api, 1)[0]
+    api.update(booking_id, title="Committed but not published")
+    blocker = config.sync.state_dir / "feeds" / "full.ics"
+    blocker.unlink()
+    (blocker / "occupied").mkdir(parents=True)
+    with pytest.raises(PublishError):
+        sync(config)
+    (blocker / "occupied").rmdir()
+    blocker.rmdir()
+
+    result = sync(config)
+
+    assert result.stats.changed == 0
+    assert not result.stats.render_skipped
+    assert b"Committed but not published" in published(config, "full")
+    assert_feeds_match_full_render(config)
+
+
+@freeze_time(SYNC_TIME)
 def test_unchanged_sync_reuses_every_event(tmp_path, api):
     config = make_config(tmp_path, api.base_url)
     sync(config)
     rows_before = stored_rows(config)
+    forget_feed_renders(config)
 
     result = sync(config)
 
+    assert not result.stats.render_skipped
     assert result.stats.events_rendered == 0
     assert result.stats.events_reused == sum(result.stats.events.values())
     assert result.stats.published == []
@@ -413,7 +509,10 @@ def test_failed_save_still_publishes(tmp_path, api, monkeypatch, caplog):
     assert b"Published without a stored event" in published(config, "full")
     assert "could not store the rendered events" in caplog.text
     monkeypatch.undo()
-    # The stored entry still has the hash of the old title, so the next sync renders the event again.
+    # The published feeds are current, so the next sync keeps them without rendering.
+    assert sync(config).stats.render_skipped
+    # The stored entry still has the hash of the old title, so a sync that renders serializes the event again.
+    forget_feed_renders(config)
     assert sync(config).stats.events_rendered >= 1
     assert_feeds_match_full_render(config)
 
