@@ -62,6 +62,8 @@ class SyncStats:
     bookings_by_status: dict[str, int] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Time spent rendering every feed, within ``seconds``.
+    render_seconds: float = 0.0
 
 
 @dataclass
@@ -191,7 +193,9 @@ class SyncEngine:
                 "UPDATE bookings SET last_seen = ? WHERE removed_at IS NULL", (now.isoformat(timespec="microseconds"),)
             )
 
+        render_started = time.monotonic()
         feeds = self._render_all(store, now, stats)
+        stats.render_seconds = round(time.monotonic() - render_started, 3)
         self._check_cancel("publishing")
         for feed in feeds:
             remove_stale_temporaries(feed.path)
