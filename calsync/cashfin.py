@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -446,24 +447,34 @@ class CashfinClient:
         An authentication failure stops at once; any other failure is recorded
         per id, so one bad booking never fails the rest. Setting ``cancel``
         drops the requests not yet sent and raises ``SyncCancelledError``.
+        Each worker takes the next id when it is free, so the memory held for
+        requests does not grow with the number of ids.
         """
         result = DetailsResult()
-        ids = list(booking_ids)
-        if not ids:
+        queue = _IdQueue(booking_ids, cancel)
+        workers = min(self.concurrency, len(queue))
+        if workers == 0:
             return result
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="calsync-details") as pool:
-            futures = {booking_id: pool.submit(self.get_details, booking_id) for booking_id in ids}
-            try:
-                for booking_id, future in futures.items():
-                    if cancel is not None and cancel.is_set():
-                        raise SyncCancelledError("fetching details")
-                    self._collect_details(result, booking_id, future.result)
-            except (AuthenticationError, SyncCancelledError):
-                for future in futures.values():
-                    future.cancel()
-                raise
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calsync-details") as pool:
+            runs = [pool.submit(self._details_worker, queue) for _ in range(workers)]
+        for run in runs:
+            part = run.result()
+            result.found.update(part.found)
+            result.missing.update(part.missing)
+            result.failed.update(part.failed)
         return result
+
+    def _details_worker(self, queue: _IdQueue) -> DetailsResult:
+        """Fetch ids from ``queue`` until it is empty; on an error that ends the fetch, stop the other workers too."""
+        part = DetailsResult()
+        try:
+            while (booking_id := queue.next()) is not None:
+                self._collect_details(part, booking_id, partial(self.get_details, booking_id))
+        except BaseException:
+            queue.stop()
+            raise
+        return part
 
     @staticmethod
     def _collect_details(result: DetailsResult, booking_id: str, get: Any) -> None:
@@ -476,6 +487,38 @@ class CashfinClient:
         except CashfinError as error:
             log.warning("could not fetch details of booking %s: %s", booking_id, error)
             result.failed[booking_id] = str(error)
+
+
+class _IdQueue:
+    """The ids that the details workers share; ``next`` hands out each id once."""
+
+    def __init__(self, booking_ids: Iterable[str], cancel: threading.Event | None) -> None:
+        self._ids = list(booking_ids)
+        self._position = 0
+        self._cancel = cancel
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def next(self) -> str | None:
+        """Return the next id, or None once every id is taken or ``stop`` was called.
+
+        Raises ``SyncCancelledError`` once ``cancel`` is set.
+        """
+        if self._cancel is not None and self._cancel.is_set():
+            raise SyncCancelledError("fetching details")
+        with self._lock:
+            if self._stopped or self._position >= len(self._ids):
+                return None
+            booking_id = self._ids[self._position]
+            self._position += 1
+            return booking_id
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
 
 
 def client_for(config: Config) -> CashfinClient:
