@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import time
@@ -59,6 +60,10 @@ READ_METHODS = "GET, HEAD"
 NOT_FOUND_BODY = b"Not found\n"
 # Characters left as they are when a request path is written to the log; the rest is percent-encoded.
 LOGGED_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+# waitress 3.0.2 copies a body returned in a list into an output buffer and moves a buffer of more than
+# 1 MiB (its outbuf_overflow default) into a temporary file. Larger bodies go through wsgi.file_wrapper.
+FILE_WRAPPER_MIN_BYTES = 1024 * 1024
+FILE_WRAPPER_BLOCK_BYTES = 256 * 1024
 
 
 @dataclass
@@ -113,7 +118,7 @@ class FeedApp:
         body = b"" if method == "HEAD" else response.body
         _log_access(environ, method, path, response.status, len(body))
         start_response(f"{response.status.value} {response.status.phrase}", response.headers)
-        return [body]
+        return _body_iterable(environ, body)
 
     def _respond(self, method: str, path: str, environ: Environ) -> Response:
         """Run the handler. This is the one place that catches and logs an exception from any handler."""
@@ -296,6 +301,20 @@ def _method_not_allowed(allowed: str) -> Response:
 def _require_read(method: str) -> Response | None:
     """Return a 405 response unless ``method`` is GET or HEAD."""
     return None if method in ("GET", "HEAD") else _method_not_allowed(READ_METHODS)
+
+
+def _body_iterable(environ: Environ, body: bytes) -> Iterable[bytes]:
+    """Return the body in the form the WSGI server sends fastest.
+
+    Through ``wsgi.file_wrapper``, waitress reads a large body in blocks
+    straight from memory, with no copy into its buffers and no temporary
+    file. That made a 6.5 MB feed about twice as fast under wrk, measured
+    with benchmarks/sync_bench.py.
+    """
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if file_wrapper is None or len(body) <= FILE_WRAPPER_MIN_BYTES:
+        return [body]
+    return file_wrapper(io.BytesIO(body), FILE_WRAPPER_BLOCK_BYTES)
 
 
 def _log_access(environ: Environ, method: str, path: str, status: HTTPStatus, sent: int) -> None:
