@@ -68,13 +68,13 @@ def _os_name() -> str:
 
 def sync_table(run: BenchmarkRun) -> Table:
     headers = [
-        "bookings", "sync", "list req.", "details req.", "calsync s", "null client s", "ratio",
+        "bookings", "sync", "list req.", "details req.", "events", "calsync s", "null client s", "ratio",
         "render s", "full render s", "peak RSS MB", "sandbox CPU s",
     ]
     rows = [
         [
             f"{result.size:,}", result.scenario, str(result.list_requests), f"{result.details_requests:,}",
-            f"{result.seconds:.2f}", f"{result.null_seconds:.2f}", f"{result.ratio:.2f}x",
+            f"{result.events:,}", f"{result.seconds:.2f}", f"{result.null_seconds:.2f}", f"{result.ratio:.2f}x",
             f"{result.render_seconds:.3f}", f"{result.full_render_seconds:.3f}", f"{result.peak_rss / 10**6:.0f}",
             f"{result.sandbox_cpu_seconds:.2f}",
         ]

@@ -42,6 +42,7 @@ class ScenarioResult:
     changed: int
     list_requests: int
     details_requests: int
+    events: int
     seconds: float
     null_seconds: float
     render_seconds: float

@@ -190,6 +190,7 @@ def measure_scenario(
         changed=changed,
         list_requests=counts["list"],
         details_requests=counts["details"],
+        events=sum(stats["events"].values()),
         seconds=measurement.seconds,
         null_seconds=null_seconds,
         render_seconds=stats["render_seconds"],

@@ -93,7 +93,7 @@ def test_markdown_keeps_text_outside_markers(tiny_run, tmp_path):
     assert "old figures" not in text
     assert text.count(RESULTS_START) == 1
     assert "`python -m benchmarks.sync_bench --sizes 200`" in text
-    assert "| 200 | first sync | 2 | 200 |" in text
+    assert "| 200 | first sync | 2 | 200 | 200 |" in text
 
 
 def test_markdown_creates_missing_page(tiny_run, tmp_path):
