@@ -296,7 +296,7 @@ class CashfinClient:
             )
             raise failure.error
         if failure.status == 429:
-            # The pool's pause has already passed, so the retry goes out at once.
+            # A 429 waits for the pool's pause in acquire(), so it adds no backoff of its own.
             delay = 0.0
         log.warning(
             "retrying GET %s after %s (retry %d of %d, in %.2f s)",
