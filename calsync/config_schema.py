@@ -449,9 +449,10 @@ SCHEMA: Sequence[Option] = (
            "It must not contain a user name or password.",
            _public_url, example="https://calendar.example.com"),
     Option("server", "admin_token", "", STRING,
-           "Token that enables `POST /sync`, which queues a sync to start now. Clients send it as "
-           "`Authorization: Bearer <token>`, so it may contain only printable ASCII and no spaces at either end. "
-           "When it is empty, `POST /sync` answers 404. `/healthz`, `/readyz` and `/metrics` need no token.",
+           "Token that enables the status page at `/` and `POST /sync`, which queues a sync to start now. "
+           "Operators log in to the page with it, and scripts send it as `Authorization: Bearer <token>`, so it "
+           "may contain only printable ASCII and no spaces at either end. When it is empty, the status page and "
+           "`POST /sync` answer 404. `/healthz`, `/readyz` and `/metrics` need no token.",
            _header_secret("token"), example="a-long-random-string", secret=True),
     _secret_file("server", "admin_token_file", "admin_token",
                  f"File whose content is the admin token, instead of admin_token. {SECRET_FILE_TRIMMING}",
@@ -468,7 +469,9 @@ SCHEMA: Sequence[Option] = (
                  "/run/secrets/calsync_feed_token"),
     Option(FEEDS, "public", False, BOOLEAN, "Serve the feed without a token.", example=True),
     Option(FEEDS, "statuses", ["scheduled", "completed", "no-show", "cancelled"], STRING_LIST,
-           f"Booking statuses to include, from: {', '.join(STATUSES)}.", _statuses),
+           f"Booking statuses to include, from: {', '.join(STATUSES)}. Case and separators do not matter "
+           "(Cancelled is cancelled), and a booking with a missing or unknown status counts as scheduled: "
+           "it is shown as confirmed and logged as a warning.", _statuses),
     Option(FEEDS, "types", [], STRING_LIST, "Booking types to include. An empty list includes every type.", _types,
            example=["consultation"]),
     Option(FEEDS, "past_days", 90, INTEGER,

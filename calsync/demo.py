@@ -2,9 +2,10 @@
 
 It starts the sandbox API on a free loopback port, writes a config for it in
 a state directory, and runs the real daemon (scheduler and feed server) on
-that config. Once the first sync has finished it prints the feed URL and a
-command that triggers a sync. Ctrl-C stops the daemon and the sandbox and
-removes a temporary state directory.
+that config. Once the first sync has finished it prints the feed URL, the
+status page URL with the admin token to log in, and a command that triggers
+a sync. Ctrl-C stops the daemon and the sandbox and removes a temporary
+state directory.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def _print_links(service: Service, base_url: str) -> None:
     for feed in config.feeds:
         print(f"  {feed.title}: {events.get(feed.name, 0)} events")
         print(f"    {feed_url(base_url, feed)}")
+    print(f"  Status page: {base_url}/ (log in with the admin token {config.server.admin_token})")
     print(f"  Sync now:  curl -X POST -H 'Authorization: Bearer {config.server.admin_token}' {base_url}/sync")
     print(f"  Health:    {base_url}/readyz and {base_url}/metrics")
     print("Open the feed URL in a browser, or subscribe to it from a calendar on this machine. Ctrl-C stops.\n", flush=True)

@@ -22,22 +22,27 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from calsync.cashfin import CashfinClient, DetailsResult, Listing, client_for
 from calsync.config import Config
 from calsync.errors import (
     CalsyncError,
-    CorruptStateError,
     ListingIncompleteError,
     StateError,
     SyncCancelledError,
 )
+from calsync.event_cache import RenderCache
 from calsync.feeds import RenderedFeed, publish, remove_stale_temporaries, render_feed
 from calsync.lock import sync_lock
 from calsync.mapping import significant_fields
-from calsync.store import RunRecord, StateStore, StoredBooking, move_aside
+from calsync.store import (
+    TRIGGER_COMMAND,
+    RunRecord,
+    StateStore,
+    StoredBooking,
+    open_or_rebuild,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +67,20 @@ class SyncStats:
     bookings_by_status: dict[str, int] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    # Time spent rendering every feed, within ``seconds``.
+    # Seconds spent rendering every feed, including reading and writing the stored events.
     render_seconds: float = 0.0
+    # Events serialized in this sync, and events whose stored bytes were reused.
+    events_rendered: int = 0
+    events_reused: int = 0
+    # The listing as Cashfin paged it: pagination.total of page 1, the unique bookings received, the page size
+    # requested, and why the listing was incomplete, if it was. The status page shows them for a support request.
+    listing_total: int = 0
+    listing_received: int = 0
+    page_size: int = 0
+    listing_problems: list[str] = field(default_factory=list)
+    # Per feed: "stored" (bookings in the state store), "events" (in the rendered feed), and the count left out
+    # for each reason of calsync.feeds (such as "ended" or "without_details"). Set only when the sync rendered.
+    coverage: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,7 +113,8 @@ class SyncResult:
 def fingerprint(row: dict[str, Any]) -> str:
     """Hash a list row; any change to a list field changes the hash."""
     canonical = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: API text may hold lone surrogates (JSON allows \ud800), which strict UTF-8 refuses.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def significant_hash(record: dict[str, Any]) -> str:
@@ -126,39 +144,35 @@ class SyncEngine:
         self.last_stats = SyncStats()
         self._cancel: threading.Event | None = None
 
-    def run(self, lock_wait: float = 5.0, cancel: threading.Event | None = None) -> SyncResult:
+    def run(
+        self, lock_wait: float = 5.0, cancel: threading.Event | None = None, trigger: str = TRIGGER_COMMAND,
+    ) -> SyncResult:
         """Run one sync under the state directory's lock; raise ``CalsyncError`` when it fails.
 
         When ``cancel`` is set before the commit or before publishing, the
         sync stops there with ``SyncCancelledError`` and publishes nothing.
+        ``trigger`` (one of the ``TRIGGER_*`` values of ``calsync.store``)
+        is stored with the run record.
         """
         self._cancel = cancel
         with sync_lock(self.config.sync.state_dir, wait=lock_wait):
             with self._open_store() as store:
-                return self._run_locked(store)
+                return self._run_locked(store, trigger)
 
     def _open_store(self) -> StateStore:
         """Open the state database; a damaged one is moved aside and rebuilt by this full sync."""
-        try:
-            return StateStore.open_in(self.config.sync.state_dir)
-        except CorruptStateError as error:
-            moved = move_aside(Path(error.path), datetime.now(UTC))
-            log.error(
-                "state database %s is damaged (%s); moved it to %s and rebuilding it with a full sync",
-                error.path, error.reason.split(". ")[0], moved,
-            )
-            return StateStore.open_in(self.config.sync.state_dir)
+        return open_or_rebuild(self.config.sync.state_dir)
 
     def _check_cancel(self, step: str) -> None:
         if self._cancel is not None and self._cancel.is_set():
             raise SyncCancelledError(step)
 
-    def _run_locked(self, store: StateStore) -> SyncResult:
+    def _run_locked(self, store: StateStore, trigger: str) -> SyncResult:
         started = datetime.now(UTC)
         clock = time.monotonic()
         stats = SyncStats()
         self.last_stats = stats
-        run = RunRecord(started_at=started, outcome="running")
+        run = RunRecord(started_at=started, outcome="running", trigger=trigger)
 
         with self.client_factory(self.config) as client:
             try:
@@ -174,8 +188,29 @@ class SyncEngine:
         return result
 
     def _sync(self, store: StateStore, client: CashfinClient, stats: SyncStats, now: datetime) -> SyncResult:
+        bookings = self._fetch_and_commit(store, client, stats, now)
+        feeds = self._render_all(store, bookings, now, stats)
+        self._check_cancel("publishing")
+        for feed in feeds:
+            remove_stale_temporaries(feed.path)
+            if publish(feed.path, feed.data):
+                stats.published.append(feed.name)
+        return SyncResult(stats=stats, feeds=feeds)
+
+    def _fetch_and_commit(
+        self, store: StateStore, client: CashfinClient, stats: SyncStats, now: datetime
+    ) -> list[StoredBooking]:
+        """List, fetch and commit; return the bookings that are not removed, as the store now contains them.
+
+        The listing and the fetched details are dropped on return, so that
+        rendering does not hold a second copy of the unchanged bookings.
+        """
         listing = client.list_bookings()
         stats.pages = listing.pages
+        stats.listing_total = listing.total
+        stats.listing_received = len(listing.rows)
+        stats.page_size = listing.page_size
+        stats.listing_problems = list(listing.problems)
         if not listing.complete:
             raise ListingIncompleteError(listing.total, len(listing.rows), "; ".join(listing.problems))
 
@@ -185,23 +220,15 @@ class SyncEngine:
         self._count_requests(stats, client)
 
         changes = apply_changes(listing, stored, plan, details, now, stats)
+        removed = plan.removed + sorted(details.missing)
         self._check_cancel("the commit")
         with store.transaction():
             store.save_bookings(changes)
-            store.mark_removed(plan.removed + sorted(details.missing), now)
+            store.mark_removed(removed, now)
             store.connection.execute(
                 "UPDATE bookings SET last_seen = ? WHERE removed_at IS NULL", (now.isoformat(timespec="microseconds"),)
             )
-
-        render_started = time.monotonic()
-        feeds = self._render_all(store, now, stats)
-        stats.render_seconds = round(time.monotonic() - render_started, 3)
-        self._check_cancel("publishing")
-        for feed in feeds:
-            remove_stale_temporaries(feed.path)
-            if publish(feed.path, feed.data):
-                stats.published.append(feed.name)
-        return SyncResult(stats=stats, feeds=feeds)
+        return bookings_after(stored, changes, removed)
 
     def plan(self, listing: Listing, stored: dict[str, StoredBooking], now: datetime) -> Plan:
         """Decide which details to fetch and which bookings were removed; the listing must be complete."""
@@ -239,13 +266,24 @@ class SyncEngine:
         budget = refresh_budget(len(listing.rows), self.config)
         return [booking_id for _, booking_id in stale[:budget]]
 
-    def _render_all(self, store: StateStore, now: datetime, stats: SyncStats) -> list[RenderedFeed]:
-        bookings = list(store.bookings().values())
-        feeds = [render_feed(self.config, feed, bookings, now) for feed in self.config.feeds]
+    def _render_all(
+        self, store: StateStore, bookings: list[StoredBooking], now: datetime, stats: SyncStats
+    ) -> list[RenderedFeed]:
+        clock = time.monotonic()
+        cache = RenderCache(store)
+        feeds = [render_feed(self.config, feed, bookings, now, cache) for feed in self.config.feeds]
+        try:
+            cache.save()
+        except StateError as error:
+            log.warning("could not store the rendered events, so the next sync renders them again: %s", error)
+        stats.render_seconds = round(time.monotonic() - clock, 3)
+        stats.events_rendered = cache.rendered
+        stats.events_reused = cache.reused
 
         skipped: dict[str, str] = {}
         for feed in feeds:
             stats.events[feed.name] = feed.events
+            stats.coverage[feed.name] = {"stored": len(bookings), "events": feed.events, **feed.excluded}
             skipped.update(feed.skipped)
         for booking_id, reason in sorted(skipped.items()):
             log.warning("skipped booking %s: %s", booking_id, reason)
@@ -276,6 +314,7 @@ class SyncEngine:
         run.finished_at = datetime.now(UTC)
         run.seconds = stats.seconds
         run.error = str(error)
+        run.error_type = type(error).__name__
         run.stats = asdict(stats)
         try:
             with store.transaction():
@@ -284,8 +323,11 @@ class SyncEngine:
             log.warning("could not record the failed run: %s", state_error)
         # A sync stopped by shutdown is expected, so it must not raise an ERROR alert.
         level = logging.INFO if isinstance(error, SyncCancelledError) else logging.ERROR
+        # Feeds are published one by one, so a write that fails can follow feeds already replaced.
+        untouched = "other feeds left as they were" if stats.published else "feeds left as they were"
+        published = f" (published before the failure: {', '.join(stats.published)})" if stats.published else ""
         log.log(
-            level, "sync failed after %.2fs, feeds left as they were: %s", stats.seconds, error,
+            level, "sync failed after %.2fs, %s%s: %s", stats.seconds, untouched, published, error,
             extra={"fields": {"event": "sync_failed", "error": str(error), **asdict(stats)}},
         )
         if isinstance(error, CalsyncError):
@@ -296,12 +338,30 @@ class SyncEngine:
         events = ", ".join(f"{name}={count}" for name, count in stats.events.items())
         log.info(
             "sync finished in %.2fs: %d pages, %d details fetched (%d failed), %d added, %d changed, "
-            "%d removed, %d skipped, %d without details; events: %s; published: %s",
+            "%d removed, %d skipped, %d without details; events: %s; rendered in %.2fs (%d serialized, "
+            "%d reused); published: %s",
             stats.seconds, stats.pages, stats.details_fetched, stats.details_failed, stats.added,
-            stats.changed, stats.removed, stats.skipped, stats.pending, events,
-            ", ".join(stats.published) or "none (unchanged)",
+            stats.changed, stats.removed, stats.skipped, stats.pending, events, stats.render_seconds,
+            stats.events_rendered, stats.events_reused, ", ".join(stats.published) or "none (unchanged)",
             extra={"fields": {"event": "sync_finished", **asdict(stats)}},
         )
+
+
+def bookings_after(
+    stored: dict[str, StoredBooking], changes: list[StoredBooking], removed: list[str]
+) -> list[StoredBooking]:
+    """Return the bookings that are not removed once ``changes`` and ``removed`` are committed.
+
+    The result equals what ``StateStore.bookings()`` would read back after the
+    commit, except for ``last_seen``, which no feed uses. Building it from
+    memory spares reading and decoding every booking a second time. ``stored``
+    is updated in place.
+    """
+    for booking in changes:
+        stored[booking.id] = booking
+    for booking_id in removed:
+        stored.pop(booking_id, None)
+    return [booking for booking in stored.values() if booking.removed_at is None]
 
 
 def apply_changes(

@@ -7,6 +7,7 @@ subscribes to https addresses only.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -75,6 +76,28 @@ def public_url_problems(config: Config) -> list[str]:
             f"server.public_url {config.server.public_url} is not https: Google Calendar subscribes to "
             "https addresses only, and tokens travel in the URL"
         )
-    if parts.hostname in ("localhost", "127.0.0.1", "::1"):
-        problems.append(f"server.public_url host {parts.hostname} is reachable only from this machine")
+    reach = _host_reach(parts.hostname or "")
+    if reach is not None:
+        problems.append(f"server.public_url host {parts.hostname} is {reach}")
     return problems
+
+
+def _host_reach(host: str) -> str | None:
+    """Describe who can reach ``host`` when it is a loopback, private or unspecified address, else None.
+
+    Only IP literals and localhost names are recognized, because looking a
+    name up here would tell what this machine resolves, not what Google does.
+    """
+    if host == "localhost" or host.endswith(".localhost"):
+        return "reachable only from this machine"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.is_loopback:
+        return "reachable only from this machine"
+    if address.is_unspecified:
+        return "not an address that anyone can connect to"
+    if address.is_private or address.is_link_local:
+        return "a private address, reachable only from the local network"
+    return None

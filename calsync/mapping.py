@@ -13,15 +13,19 @@ logged as a warning naming the booking. Feeds are rendered again on every
 sync, so each distinct warning is logged once per process at WARNING level and
 at DEBUG level after that.
 
-Text is cleaned before icalendar escapes and folds it. C0 control characters
-other than tab, line feed and carriage return are removed, because RFC 5545
-allows no control character but tab in TEXT values and XML 1.0 (used by xCal,
-RFC 6321) allows none of them either. DEL is removed for
-RFC 5545, and lone surrogates and the non-characters U+FFFE and U+FFFF because
-XML 1.0 excludes them and a lone surrogate cannot be encoded as UTF-8. Line
-breaks are kept in DESCRIPTION. In single-line values (SUMMARY, LOCATION,
-CATEGORIES, the CN parameter) every run of whitespace, line breaks and tabs
-included, becomes one space.
+Text fields keep their exact text, so that every parser reads back the
+booking's own text. Two things iCalendar cannot carry are changed before
+escaping and folding. Line breaks (CR LF, CR or LF) become LF, because TEXT
+has one line-break escape. C0 control characters other than tab and the line
+breaks are removed, because RFC 5545 allows no control character but tab in
+TEXT values and XML 1.0 (used by xCal, RFC 6321) allows none of them either.
+DEL is removed for RFC 5545, and lone surrogates and the non-characters U+FFFE
+and U+FFFF because XML 1.0 excludes them and a lone surrogate cannot be
+encoded as UTF-8. U+FEFF is removed because parsers take it for a byte order
+mark and drop it at the start of a value (icalendar does). Runs of spaces, leading and trailing whitespace, tabs and
+line breaks are kept in every TEXT value, SUMMARY and LOCATION included. A
+value that is blank after this counts as missing. Only the CN parameter,
+which cannot hold a line break or a double quote, is put on one line.
 
 Statuses map as ``cancelled`` (or ``canceled``) to STATUS:CANCELLED and
 TRANSP:TRANSPARENT, and ``scheduled``, ``completed`` and ``no-show`` to
@@ -52,6 +56,12 @@ from calsync.errors import MappingError
 
 log = logging.getLogger(__name__)
 
+# The version of the mapping's output. The state store keeps the bytes of each
+# rendered event and reuses them only while this number, the calsync version
+# and the icalendar version are unchanged. Bump it in every change that can
+# alter the bytes render_event returns for the same booking and settings.
+RENDER_VERSION = 1
+
 DETAIL_LEVELS = ("full", "limited", "busy")
 DEFAULT_DURATION = timedelta(hours=1)
 ONE_DAY = timedelta(days=1)
@@ -75,8 +85,10 @@ _TRUE_WORDS = frozenset({"true", "yes", "y", "on", "1"})
 _FALSE_WORDS = frozenset({"false", "no", "n", "off", "0", ""})
 
 # Characters removed from text. The module docstring gives the reasons.
-_INVALID_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+_INVALID_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufeff\ufffe\uffff]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# Timestamps as Cashfin writes them, such as 2024-01-20T10:00:00.000Z.
+_CASHFIN_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}|\.\d{6})?Z")
 _SPACE_RUN = re.compile(r"\s+")
 
 # Cashfin ids are 24 hex digits. The pattern also admits other id schemes, up
@@ -112,6 +124,18 @@ class ExactText(icalendar.vText):
         text = str(self).replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
         text = _LINE_BREAK.sub("\\\\n", text)
         return text.encode(self.encoding)
+
+
+class ExactCategories(icalendar.vCategory):
+    """A CATEGORIES value whose items are escaped by ``ExactText``.
+
+    icalendar's ``vCategory`` wraps every item in its own ``vText``, which
+    would undo the exact escaping of the items.
+    """
+
+    def __init__(self, items: Iterable[str]) -> None:
+        super().__init__([])
+        self.cats = [ExactText(item) for item in items]
 
 
 @dataclass(frozen=True)
@@ -290,8 +314,11 @@ def render_calendar(header: CalendarHeader, events: Iterable[bytes]) -> bytes:
     if not head.endswith(footer):
         raise RuntimeError(f"icalendar ended a calendar with {head[-40:]!r} instead of END:VCALENDAR")
 
-    body = b"".join(_checked_event(data) for data in events)
-    return head[: -len(footer)] + body + footer
+    # One join, so that a large feed is copied once instead of once more for the footer.
+    parts = [head[: -len(footer)]]
+    parts.extend(_checked_event(data) for data in events)
+    parts.append(footer)
+    return b"".join(parts)
 
 
 def significant_fields(booking: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -310,7 +337,7 @@ def significant_fields(booking: Mapping[str, Any]) -> tuple[Any, ...]:
         _instant_key(booking.get("endtime")),
         _allday_flag(booking.get("allday"), []),
         _clean_line(booking.get("status")).lower() or None,
-        _clean_line(booking.get("title")) or None,
+        _field_text(booking.get("title")) or None,
         (location.text, location.url),
     )
 
@@ -406,7 +433,7 @@ def _add_details(
 
     categories = _categories(booking)
     if categories:
-        event.add("categories", [ExactText(category) for category in categories])
+        event.add("categories", ExactCategories(categories))
     priority = PRIORITY_MAP.get(_clean_line(booking.get("priority")).lower())
     if priority is not None:
         event.add("priority", priority)
@@ -429,13 +456,13 @@ def _add_alarms(event: icalendar.Event, alarms: tuple[timedelta, ...], summary: 
 
 
 def _summary(booking: Mapping[str, Any]) -> str:
-    return _clean_line(booking.get("title")) or _clean_line(booking.get("type")) or FALLBACK_SUMMARY
+    return _field_text(booking.get("title")) or _field_text(booking.get("type")) or FALLBACK_SUMMARY
 
 
 def _description(booking: Mapping[str, Any], location: _Location, full: bool) -> str:
     """Return the description text (full level only), then one line per detail the level allows."""
     lines = []
-    booking_type = _clean_line(booking.get("type"))
+    booking_type = _field_text(booking.get("type"))
     if booking_type:
         lines.append(f"Type: {booking_type}")
     amount = _amount_text(booking.get("amount"))
@@ -444,26 +471,26 @@ def _description(booking: Mapping[str, Any], location: _Location, full: bool) ->
 
     participant = booking.get("participant")
     if full and isinstance(participant, Mapping):
-        name = _clean_line(participant.get("name"))
-        phone = _clean_line(participant.get("phone"))
+        name = _field_text(participant.get("name"))
+        phone = _field_text(participant.get("phone"))
         if name:
             lines.append(f"Participant: {name}")
         if phone:
             lines.append(f"Phone: {phone}")
-    elif full and isinstance(participant, str) and _clean_line(participant):
-        lines.append(f"Participant: {_clean_line(participant)}")
+    elif full and isinstance(participant, str) and _field_text(participant):
+        lines.append(f"Participant: {_field_text(participant)}")
 
     if location.link:
         lines.append(f"Booking link: {location.link}")
 
-    text = _clean_text(booking.get("description")) if full else ""
+    text = _field_text(booking.get("description")) if full else ""
     return "\n\n".join(part for part in (text, "\n".join(lines)) if part)
 
 
 def _categories(booking: Mapping[str, Any]) -> list[str]:
     categories = []
     for value in (booking.get("type"), booking.get("status")):
-        category = _clean_line(value)
+        category = _field_text(value)
         if category and category not in categories:
             categories.append(category)
     return categories
@@ -491,10 +518,22 @@ def _attendee(participant: object, problems: list[str]) -> icalendar.vCalAddress
     return attendee
 
 
+def status_name(value: object) -> str | None:
+    """Return the API status that ``value`` spells, whatever its case or separators, or None if it names none.
+
+    ``Cancelled``, ``canceled`` and ``CANCELLED`` all give ``cancelled``, and
+    ``no_show`` and ``No Show`` give ``no-show``.
+    """
+    normalized = _clean_line(value).lower().replace("_", "-").replace(" ", "-")
+    if normalized == "canceled":
+        return "cancelled"
+    return normalized if normalized in STATUS_MAP else None
+
+
 def _status(value: object, problems: list[str]) -> str:
     raw = _clean_line(value)
-    normalized = raw.lower().replace("_", "-").replace(" ", "-")
-    status = STATUS_MAP.get(normalized)
+    name = status_name(value)
+    status = STATUS_MAP.get(name) if name else None
     if status is None:
         found = f"unknown status {raw!r:.40}" if raw else "missing status"
         problems.append(f"{found}, so the event is shown as confirmed")
@@ -517,12 +556,13 @@ class _Location:
 def _location(booking: Mapping[str, Any]) -> _Location:
     value = booking.get("location")
     if isinstance(value, str):
-        return _Location(text=_clean_line(value))
+        return _Location(text=_field_text(value))
     if not isinstance(value, Mapping):
         return _Location()
 
-    raw_link = _clean_line(value.get("bookinglink"))
-    link = raw_link if _is_web_url(raw_link) else ""
+    raw_link = _field_text(value.get("bookinglink"))
+    # Surrounding whitespace is kept in LOCATION but would make the URL invalid.
+    link = raw_link.strip() if _is_web_url(raw_link.strip()) else ""
     if _clean_line(value.get("type")).lower() == "virtual":
         return _Location(text=raw_link or _address_text(value), url=link, link=link)
     return _Location(text=_address_text(value), link=link)
@@ -531,8 +571,8 @@ def _location(booking: Mapping[str, Any]) -> _Location:
 def _address_text(location: Mapping[str, Any]) -> str:
     parts: list[str] = []
     for key in ADDRESS_KEYS:
-        part = _clean_line(location.get(key))
-        if part and part.lower() not in (seen.lower() for seen in parts):
+        part = _field_text(location.get(key))
+        if part and _same_words(part) not in (_same_words(seen) for seen in parts):
             parts.append(part)
     return ", ".join(parts)
 
@@ -697,6 +737,14 @@ def _parse_iso(text: str) -> datetime:
     stripped = text.strip()
     if not stripped:
         raise ValueError("empty timestamp")
+    if _CASHFIN_INSTANT.fullmatch(stripped):
+        # Cashfin's own form. The C parser is about 50 times faster than
+        # isoparse and returns the same instant. A value it rejects, such as
+        # hour 24, goes on to isoparse.
+        try:
+            return datetime.fromisoformat(stripped)
+        except ValueError:
+            pass
     try:
         return isoparse(stripped)
     except (ValueError, OverflowError) as error:
@@ -707,7 +755,11 @@ def _parse_iso(text: str) -> datetime:
 
 
 def _clean_text(value: object) -> str:
-    """Return a string or number as text that is safe in an iCalendar TEXT value, or "" for anything else."""
+    """Return a string or number as text that iCalendar can carry, or "" for anything else.
+
+    Line breaks become LF and the characters the module docstring lists are
+    removed. Everything else, surrounding whitespace included, is kept.
+    """
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
         return ""
     try:
@@ -715,13 +767,27 @@ def _clean_text(value: object) -> str:
     except ValueError:  # an int with more digits than sys.get_int_max_str_digits()
         return ""
     text = _LINE_BREAK.sub("\n", text)
-    text = _INVALID_TEXT.sub("", text)
-    return text.strip()
+    return _INVALID_TEXT.sub("", text)
+
+
+def _field_text(value: object) -> str:
+    """Return ``_clean_text(value)``, or "" when that is blank, so that blank text counts as missing."""
+    text = _clean_text(value)
+    return text if text.strip() else ""
 
 
 def _clean_line(value: object) -> str:
-    """Return ``_clean_text(value)`` on one line, every run of whitespace made one space."""
-    return _SPACE_RUN.sub(" ", _clean_text(value))
+    """Return ``_clean_text(value)`` trimmed and on one line, every run of whitespace made one space.
+
+    For values that are compared or looked up (statuses, priorities, emails)
+    and for parameters and calendar-level settings, not for event text.
+    """
+    return _SPACE_RUN.sub(" ", _clean_text(value)).strip()
+
+
+def _same_words(text: str) -> str:
+    """Return a key under which two address parts that differ only in case or spacing are equal."""
+    return _SPACE_RUN.sub(" ", text).strip().casefold()
 
 
 def _parameter_text(value: object) -> str:
@@ -739,9 +805,9 @@ def _amount_text(value: object) -> str:
     try:
         number = Decimal(str(value).strip())
     except InvalidOperation:
-        return _clean_line(value)
+        return _field_text(value)
     if not number.is_finite() or abs(number.adjusted()) > _MAX_AMOUNT_EXPONENT:
-        return _clean_line(value)
+        return _field_text(value)
     if number == number.to_integral_value():
         return f"{number.to_integral_value():f}"
     return f"{number:f}"

@@ -865,6 +865,10 @@ class _BookingStore:
             self._insert(complete)
             return copy.deepcopy(complete)
 
+    def add_verbatim(self, booking: JsonDict) -> None:
+        with self._lock:
+            self._insert(copy.deepcopy(booking))
+
     def update(self, booking_id: str, fields: JsonDict) -> JsonDict:
         if "_id" in fields:
             raise ValueError("the _id of a booking cannot be changed. Delete it and add a new one.")
@@ -1037,7 +1041,13 @@ class _Response:
     def encode(self) -> bytes:
         if isinstance(self.body, str):
             return self.body.encode("utf-8")
-        return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(self.body, ensure_ascii=False, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate has no UTF-8 form. JavaScript APIs send it as a
+            # \ud800 escape, which ASCII-only JSON gives too.
+            return json.dumps(self.body, separators=(",", ":")).encode("ascii")
 
 
 class _BadRequest(Exception):
@@ -1469,6 +1479,15 @@ class Sandbox:
         appointment on the next day. Raises ValueError if the ``_id`` exists.
         """
         return self._store.add(booking)
+
+    def add_verbatim(self, booking: JsonDict) -> None:
+        """Store a booking exactly as given, for tests of malformed data.
+
+        No field is filled in or checked, except that ``_id`` must be a new,
+        non-empty string: the list and the details endpoints return every
+        other field as it is, wrong types and all.
+        """
+        self._store.add_verbatim(booking)
 
     def update(self, booking_id: str, **fields: Any) -> JsonDict:
         """Change fields of a booking and return it as stored.

@@ -5,7 +5,9 @@ a random jitter of up to 5% of the interval so that many daemons started
 together do not reach the API at the same moment. ``max_instances=1`` and
 ``coalesce=True`` mean that a sync slower than the interval delays the next
 one instead of piling up. ``request_now`` queues one extra sync: it starts
-at once when none is running, or right after the running one.
+at once when none is running, or right after the running one. ``run_sync``
+gets the trigger of each run: ``manual`` when a request was pending as it
+started, ``scheduled`` otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from calsync.store import TRIGGER_MANUAL, TRIGGER_SCHEDULED
+
 log = logging.getLogger(__name__)
 
 JOB_ID = "sync"
@@ -41,7 +45,7 @@ class SyncScheduler:
     with its traceback and the next tick runs as usual.
     """
 
-    def __init__(self, run_sync: Callable[[], None], interval: timedelta) -> None:
+    def __init__(self, run_sync: Callable[[str], None], interval: timedelta) -> None:
         self.run_sync = run_sync
         self.interval = interval
         self.jitter_seconds = max(1, int(interval.total_seconds() * JITTER_FRACTION))
@@ -104,9 +108,11 @@ class SyncScheduler:
 
     def _run_until_no_request(self) -> None:
         while True:
+            # A scheduled tick that finds a request pending serves that request, so it counts as manual.
+            trigger = TRIGGER_MANUAL if self._pending.is_set() else TRIGGER_SCHEDULED
             self._pending.clear()
             try:
-                self.run_sync()
+                self.run_sync(trigger)
             except Exception:
                 log.exception("sync crashed; the next one runs at the next tick")
             if self._stopping.is_set() or not self._pending.is_set():

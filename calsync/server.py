@@ -16,6 +16,13 @@ Routes:
 - ``GET /metrics``: Prometheus text, when the app has a ``Metrics``.
 - ``POST /sync`` with ``Authorization: Bearer <server.admin_token>``: queue a
   sync. It exists only with an admin token and a ``request_sync`` callback.
+  A request without ``Authorization`` but with a status page session cookie
+  is the page's "Sync now" form, checked by ``calsync.admin_pages``.
+- ``GET /``, ``/login`` and ``POST /logout``: the status page for operators
+  (``calsync.admin_pages``), only when an admin token is set.
+- ``GET /favicon.ico``: ``204`` with no body, cacheable for a day. Browsers
+  ask for it on every page, and a 404 would show as an error in their
+  console.
 
 Feed bytes are held in memory by ``calsync.feed_cache``. Every request is
 logged at INFO without its query string, which carries the feed token.
@@ -24,24 +31,30 @@ logged at INFO without its query string, which carries the feed token.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
+from calsync.admin_pages import StatusPages
 from calsync.config import Config, FeedSettings
 from calsync.config_sources import DEFAULT_SOURCE
 from calsync.errors import ConfigError
 from calsync.feed_cache import FeedCache, FeedVersion, Representation
 from calsync.http_conditional import accepts_gzip, http_date, not_modified
+from calsync.responses import (
+    Response,
+    json_response,
+    method_not_allowed,
+    not_found,
+    require_read,
+    text_response,
+)
+from calsync.web_auth import secrets_equal
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 
 if TYPE_CHECKING:
@@ -56,8 +69,7 @@ Environ = dict[str, Any]
 CALENDAR_TYPE = "text/calendar; charset=utf-8"
 FEEDS_PREFIX = "/feeds/"
 FEED_SUFFIX = ".ics"
-READ_METHODS = "GET, HEAD"
-NOT_FOUND_BODY = b"Not found\n"
+FAVICON_MAX_AGE = 86400
 # Characters left as they are when a request path is written to the log; the rest is percent-encoded.
 LOGGED_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 # waitress 3.0.2 copies a body returned in a list into an output buffer and moves a buffer of more than
@@ -66,22 +78,14 @@ FILE_WRAPPER_MIN_BYTES = 1024 * 1024
 FILE_WRAPPER_BLOCK_BYTES = 256 * 1024
 
 
-@dataclass
-class Response:
-    """An HTTP response. ``body`` is left out of the response to a HEAD request."""
-
-    status: HTTPStatus
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-
-
 class FeedApp:
     """The WSGI application that serves feeds and the operator endpoints.
 
     ``status`` decides ``/readyz``; without it the app is ready when every
     feed has been published. ``metrics`` enables ``/metrics`` and counts feed
     requests. ``request_sync`` queues a sync for ``POST /sync`` and returns
-    False when it cannot, for example while the daemon shuts down. The app
+    False when it cannot, for example while the daemon shuts down.
+    ``sync_running`` tells the status page whether a sync runs now. The app
     does not check that every feed has a token; call ``check_serving`` first.
     """
 
@@ -92,6 +96,7 @@ class FeedApp:
         status: ServiceStatus | None = None,
         metrics: Metrics | None = None,
         request_sync: Callable[[], bool] | None = None,
+        sync_running: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.status = status
@@ -100,18 +105,30 @@ class FeedApp:
         self.feeds = {feed.name: feed for feed in config.feeds}
         self.cache = FeedCache(config.sync.state_dir, config.feeds)
         self.max_age = int(config.sync.interval.total_seconds())
+        self.pages = StatusPages(
+            config, self.cache, status=status, request_sync=request_sync, sync_running=sync_running,
+        )
         self.routes: dict[str, Callable[[str, Environ], Response]] = {
+            "/": self.pages.page,
+            "/login": self.pages.login,
+            "/logout": self.pages.logout,
             "/healthz": self._healthz,
             "/readyz": self._readyz,
             "/metrics": self._metrics,
             "/sync": self._sync,
+            "/favicon.ico": self._favicon,
         }
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_URI", "").startswith("//"):
+            # waitress turns "//feeds/x.ics" into "/feeds/x.ics". Keeping the slashes makes such a
+            # request not found, so that each feed has exactly one URL.
+            path = "//" + path.lstrip("/")
         response = self._respond(method, path, environ)
-        if response.status != HTTPStatus.NOT_MODIFIED:
+        # RFC 9110 forbids Content-Length on a 204; on a 304 it would have to be that of the 200.
+        if response.status not in (HTTPStatus.NOT_MODIFIED, HTTPStatus.NO_CONTENT):
             # Set here rather than by waitress, so that a HEAD response has the length of the GET body.
             response.headers.append(("Content-Length", str(len(response.body))))
 
@@ -126,7 +143,7 @@ class FeedApp:
             response = self.handle(method, path, environ)
         except Exception:
             log.exception("request %s %s failed", _loggable(method), _loggable(path))
-            response = _text(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error\n")
+            response = text_response(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error\n")
 
         if self.metrics is not None and path.startswith(FEEDS_PREFIX):
             self.metrics.observe_feed_request(response.status.value)
@@ -136,11 +153,11 @@ class FeedApp:
         """Route one request and return its response. Exceptions propagate to ``_respond``."""
         if path.startswith(FEEDS_PREFIX) and path.endswith(FEED_SUFFIX):
             name = path[len(FEEDS_PREFIX):-len(FEED_SUFFIX)]
-            return _require_read(method) or self._serve_feed(name, environ)
+            return require_read(method) or self._serve_feed(name, environ)
 
         route = self.routes.get(path)
         if route is None:
-            return _not_found()
+            return not_found()
         return route(method, environ)
 
     # Feeds.
@@ -148,10 +165,10 @@ class FeedApp:
     def _serve_feed(self, name: str, environ: Environ) -> Response:
         feed = self.feeds.get(name)
         if feed is None or not _token_accepted(feed, environ):
-            return _not_found()
+            return not_found()
         version = self.cache.get(name)
         if version is None:
-            return _not_found()
+            return not_found()
 
         representation = version.plain
         if version.gzip is not None and accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING")):
@@ -193,15 +210,15 @@ class FeedApp:
     # Operator endpoints.
 
     def _healthz(self, method: str, environ: Environ) -> Response:
-        return _require_read(method) or _text(HTTPStatus.OK, "ok\n")
+        return require_read(method) or text_response(HTTPStatus.OK, "ok\n")
 
     def _readyz(self, method: str, environ: Environ) -> Response:
-        not_allowed = _require_read(method)
+        not_allowed = require_read(method)
         if not_allowed is not None:
             return not_allowed
 
         ready, reason = self._readiness()
-        return _text(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, f"{reason}\n")
+        return text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, f"{reason}\n")
 
     def _readiness(self) -> tuple[bool, str]:
         if self.status is not None:
@@ -212,10 +229,13 @@ class FeedApp:
             return False, f"not published yet: {', '.join(missing)}"
         return True, "every feed is published"
 
+    def _favicon(self, method: str, environ: Environ) -> Response:
+        return require_read(method) or Response(HTTPStatus.NO_CONTENT, [("Cache-Control", f"public, max-age={FAVICON_MAX_AGE}")])
+
     def _metrics(self, method: str, environ: Environ) -> Response:
         if self.metrics is None:
-            return _not_found()
-        not_allowed = _require_read(method)
+            return not_found()
+        not_allowed = require_read(method)
         if not_allowed is not None:
             return not_allowed
 
@@ -225,18 +245,20 @@ class FeedApp:
     def _sync(self, method: str, environ: Environ) -> Response:
         admin_token = self.config.server.admin_token
         if not admin_token or self.request_sync is None:
-            return _not_found()
+            return not_found()
         if method != "POST":
-            return _method_not_allowed("POST")
+            return method_not_allowed("POST")
+        if "HTTP_AUTHORIZATION" not in environ and self.pages.has_session_cookie(environ):
+            return self.pages.form_sync(environ, self.request_sync)
         if not _bearer_accepted(environ.get("HTTP_AUTHORIZATION", ""), admin_token):
             log.warning("rejected POST /sync from %s: missing or invalid bearer token", environ.get("REMOTE_ADDR", "-"))
-            return _json(HTTPStatus.UNAUTHORIZED, {"error": "missing or invalid bearer token"},
+            return json_response(HTTPStatus.UNAUTHORIZED, {"error": "missing or invalid bearer token"},
                          [("WWW-Authenticate", 'Bearer realm="calsync"')])
 
         if self.request_sync():
             log.info("sync requested over HTTP by %s", environ.get("REMOTE_ADDR", "-"))
-            return _json(HTTPStatus.ACCEPTED, {"queued": True})
-        return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"queued": False, "error": "the daemon is shutting down"})
+            return json_response(HTTPStatus.ACCEPTED, {"queued": True})
+        return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"queued": False, "error": "the daemon is shutting down"})
 
 
 # Authentication.
@@ -252,55 +274,15 @@ def _token_accepted(feed: FeedSettings, environ: Environ) -> bool:
     if not feed.token:
         return False
     received = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).get("token", [""])[0]
-    return _secrets_equal(received, feed.token)
+    return secrets_equal(received, feed.token)
 
 
 def _bearer_accepted(authorization: str, expected: str) -> bool:
     scheme, _, credentials = authorization.strip().partition(" ")
-    return scheme.lower() == "bearer" and _secrets_equal(credentials.strip(), expected)
-
-
-def _secrets_equal(received: str, expected: str) -> bool:
-    """Compare in constant time. Hashing both values first keeps their lengths from showing in the timing too."""
-    received_digest = hashlib.sha256(received.encode("utf-8", "surrogateescape")).digest()
-    expected_digest = hashlib.sha256(expected.encode("utf-8")).digest()
-    return hmac.compare_digest(received_digest, expected_digest)
+    return scheme.lower() == "bearer" and secrets_equal(credentials.strip(), expected)
 
 
 # Responses and the access log.
-
-
-def _text(status: HTTPStatus, text: str, extra: Iterable[tuple[str, str]] = ()) -> Response:
-    body = text.encode("utf-8")
-    headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Cache-Control", "no-store"),
-        *extra,
-    ]
-    return Response(status, headers, body)
-
-
-def _json(status: HTTPStatus, document: dict[str, Any], extra: Iterable[tuple[str, str]] = ()) -> Response:
-    body = (json.dumps(document) + "\n").encode("utf-8")
-    headers = [
-        ("Content-Type", "application/json"),
-        ("Cache-Control", "no-store"),
-        *extra,
-    ]
-    return Response(status, headers, body)
-
-
-def _not_found() -> Response:
-    return _text(HTTPStatus.NOT_FOUND, NOT_FOUND_BODY.decode())
-
-
-def _method_not_allowed(allowed: str) -> Response:
-    return _text(HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed\n", [("Allow", allowed)])
-
-
-def _require_read(method: str) -> Response | None:
-    """Return a 405 response unless ``method`` is GET or HEAD."""
-    return None if method in ("GET", "HEAD") else _method_not_allowed(READ_METHODS)
 
 
 def _body_iterable(environ: Environ, body: bytes) -> Iterable[bytes]:

@@ -1,9 +1,12 @@
 """``calsync serve``: the scheduler and the feed server in one long-lived process.
 
 The scheduler runs a sync at start and every ``sync.interval``, and the server
-serves feed requests from the last published bytes. On SIGTERM, SIGINT or SIGHUP
-the service stops accepting requests, signals a running sync to stop before it
-commits or publishes, waits for it up to ``SHUTDOWN_SECONDS``, and exits 0.
+serves feed requests from the last published bytes. A failed sync is logged
+and the daemon keeps serving the feeds published before. When the sync could
+not use the state database or write a feed file, ``/readyz`` also returns 503
+until a sync succeeds. On SIGTERM, SIGINT or SIGHUP the service stops
+accepting requests, signals a running sync to stop before it commits or
+publishes, waits for it up to ``SHUTDOWN_SECONDS``, and exits 0.
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ from waitress.server import BaseWSGIServer
 
 from calsync.config import Config
 from calsync.engine import SyncEngine
-from calsync.errors import CalsyncError, ConfigError, LockHeldError, PublishError
+from calsync.errors import (
+    CalsyncError,
+    ConfigError,
+    LockHeldError,
+    PublishError,
+    StateError,
+)
 from calsync.metrics import Metrics, api_request_counts
 from calsync.scheduler import SyncScheduler
 from calsync.server import FeedApp, check_serving, warn_public_feeds
 from calsync.status import ServiceStatus
-from calsync.store import StateStore
+from calsync.store import TRIGGER_SCHEDULED, open_or_rebuild
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 
 log = logging.getLogger(__name__)
@@ -62,20 +71,27 @@ class Service:
             self.metrics.last_success.set(self.status.last_success.timestamp())
         self.scheduler = SyncScheduler(self.sync_once, self.config.sync.interval)
         request_sync = self.scheduler.request_now if self.config.server.admin_token else None
-        self.app = FeedApp(self.config, status=self.status, metrics=self.metrics, request_sync=request_sync)
+        self.app = FeedApp(
+            self.config, status=self.status, metrics=self.metrics, request_sync=request_sync,
+            sync_running=lambda: self.scheduler.syncing,
+        )
 
-    def sync_once(self) -> None:
-        """Run one sync and record its outcome; errors are logged, not raised."""
+    def sync_once(self, trigger: str = TRIGGER_SCHEDULED) -> None:
+        """Run one sync and record its outcome; errors are logged, not raised.
+
+        ``trigger``, a ``TRIGGER_*`` value of ``calsync.store``, names what started it and goes into the run record.
+        """
         try:
-            self._sync_and_record()
+            self._sync_and_record(trigger)
         finally:
             self.first_sync_done.set()
 
-    def _sync_and_record(self) -> None:
+    def _sync_and_record(self, trigger: str) -> None:
         try:
-            result = self.engine.run(lock_wait=LOCK_WAIT_SECONDS, cancel=self.cancel)
+            result = self.engine.run(lock_wait=LOCK_WAIT_SECONDS, cancel=self.cancel, trigger=trigger)
         except LockHeldError as error:
             log.warning("skipped this sync: %s", error)
+            self.status.record_skipped(datetime.now(UTC), str(error))
         except CalsyncError as error:
             self._record_failure(error)
         except Exception as error:  # a bug must not stop the daemon; the next tick tries again
@@ -87,8 +103,16 @@ class Service:
             self.metrics.observe_sync_success(result.stats, result.stats.bookings_by_status, finished)
 
     def _record_failure(self, error: Exception) -> None:
+        if isinstance(error, CalsyncError) and not error.logged:
+            # The engine logs the failures of syncs that got as far as opening the state database, not earlier ones.
+            log.error("sync failed, feeds left as they were: %s", error)
         stats = self.engine.last_stats
-        self.status.record_failure(datetime.now(UTC), str(error), publish_failed=isinstance(error, PublishError))
+        self.status.record_failure(
+            datetime.now(UTC),
+            str(error),
+            publish_failed=isinstance(error, PublishError),
+            state_failed=isinstance(error, StateError),
+        )
         self.metrics.observe_sync_failure(stats.seconds, api_request_counts(stats.api_requests))
 
 
@@ -100,10 +124,11 @@ def run_service(config: Config, on_started: Callable[[Service, str], None] | Non
     """
     check_serving(config)
     warn_public_feeds(config)
-    with StateStore.open_in(config.sync.state_dir):
-        pass  # fail early, with exit code 1, when the state database cannot be opened
+    state_problem = _check_state(config)
 
     service = Service(config)
+    if state_problem is not None:
+        service.status.record_failure(datetime.now(UTC), str(state_problem), state_failed=True)
     server = _bind(service.app, config)
     stop = threading.Event()
     _install_signal_handlers(stop)
@@ -117,6 +142,23 @@ def run_service(config: Config, on_started: Callable[[Service, str], None] | Non
 
     _shut_down(service, server, server_thread)
     return 0
+
+
+def _check_state(config: Config) -> StateError | None:
+    """Open the state database before serving; return the error if it cannot be used, after logging it.
+
+    A damaged database is moved aside and replaced by an empty one, which
+    the first sync fills. One that cannot be opened (permissions, a full
+    disk) does not stop the daemon: it serves the feeds published before
+    and tries again at every sync.
+    """
+    try:
+        with open_or_rebuild(config.sync.state_dir):
+            return None
+    except StateError as error:
+        log.error("%s; serving the feeds published before and trying again at every sync", error)
+        error.logged = True
+        return error
 
 
 def _bind(app: FeedApp, config: Config) -> BaseWSGIServer:

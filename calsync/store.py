@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,8 +60,33 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # The exception class of a failed run, such as AuthenticationError, so that the status page
+        # can tell the operator what to fix without parsing the message.
+        "ALTER TABLE runs ADD COLUMN error_type TEXT",
+    ],
+    [
+        """
+        CREATE TABLE rendered_events (
+            settings_key TEXT NOT NULL,         -- hash of the feed's mapping settings and the render version
+            booking_id TEXT NOT NULL,
+            input_hash TEXT NOT NULL,           -- hash of everything the bytes were rendered from
+            data BLOB NOT NULL,                 -- BEGIN:VEVENT to END:VEVENT, CRLF line endings
+            PRIMARY KEY (settings_key, booking_id)
+        )
+        """,
+    ],
+    [
+        # What started the run: scheduled, manual or command (see RunRecord.trigger). NULL for older runs.
+        "ALTER TABLE runs ADD COLUMN trigger TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Values of ``runs.trigger``, which names what started a sync run.
+TRIGGER_SCHEDULED = "scheduled"  # the interval timer of calsync serve, including its first sync at start
+TRIGGER_MANUAL = "manual"  # POST /sync, from the status page's "Sync now" button or a script
+TRIGGER_COMMAND = "command"  # calsync sync, run by hand or by cron
 
 
 def utc_text(moment: datetime) -> str:
@@ -70,7 +97,7 @@ def parse_utc_text(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-@dataclass
+@dataclass(slots=True)
 class StoredBooking:
     """One booking as the store keeps it between syncs."""
 
@@ -96,6 +123,14 @@ class StoredBooking:
         return {**self.details, **self.row}
 
 
+@dataclass(frozen=True, slots=True)
+class RenderedEvent:
+    """The bytes of one rendered VEVENT and the hash of the input they were rendered from."""
+
+    input_hash: str
+    data: bytes
+
+
 @dataclass
 class RunRecord:
     """One sync run: when, how long, how it ended, and its counters."""
@@ -107,6 +142,10 @@ class RunRecord:
     error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+    # Class name of the exception that ended a failed run; None for a success and for runs stored before it existed.
+    error_type: str | None = None
+    # One of the TRIGGER_* values; None for runs stored before it existed.
+    trigger: str | None = None
 
 
 class StateStore:
@@ -125,7 +164,7 @@ class StateStore:
         except sqlite3.DatabaseError as error:
             if _is_corruption(error):
                 raise CorruptStateError(str(path), f"cannot open: {error}. {REBUILD_HINT}") from error
-            raise StateError(str(path), f"cannot open: {error}") from error
+            raise StateError(str(path), f"cannot open: {error}{_access_hint(error)}") from error
 
     @classmethod
     def open_in(cls, state_dir: Path) -> StateStore:
@@ -133,6 +172,21 @@ class StateStore:
 
     def close(self) -> None:
         self.connection.close()
+
+    def check(self) -> None:
+        """Run SQLite's ``quick_check`` over every page; raise ``CorruptStateError`` when it finds damage.
+
+        It reads the whole file once, about as long as reading every booking,
+        and finds damage that opening the file does not, such as a broken page.
+        """
+        try:
+            problems = [row[0] for row in self.connection.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as error:
+            raise CorruptStateError(str(self.path), f"check failed: {error}. {REBUILD_HINT}") from error
+        if problems != ["ok"]:
+            # SQLite puts line breaks inside its messages too, and a log line must stay one line.
+            found = "; ".join(problems).replace("\n", "; ")
+            raise CorruptStateError(str(self.path), f"check failed: {found}. {REBUILD_HINT}")
 
     def __enter__(self) -> StateStore:
         return self
@@ -162,13 +216,13 @@ class StateStore:
         try:
             self.connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            raise StateError(str(self.path), f"cannot write: {error}") from error
+            raise _write_error(self.path, error, _access_hint(error)) from error
         try:
             yield self.connection
             self.connection.execute("COMMIT")
         except sqlite3.Error as error:
             self.connection.execute("ROLLBACK")
-            raise StateError(str(self.path), f"cannot write: {error}. {REBUILD_HINT}") from error
+            raise _write_error(self.path, error, f". {REBUILD_HINT}") from error
         except BaseException:
             self.connection.execute("ROLLBACK")
             raise
@@ -184,7 +238,7 @@ class StateStore:
             columns = [description[0] for description in cursor.description]
             return {row[0]: _booking_from_row(dict(zip(columns, row))) for row in cursor}
         except sqlite3.Error as error:
-            raise StateError(str(self.path), f"cannot read bookings: {error}. {REBUILD_HINT}") from error
+            raise _read_error(self.path, "bookings", error) from error
 
     def save_bookings(self, bookings: Iterable[StoredBooking]) -> None:
         """Insert or replace bookings; call inside ``transaction()``."""
@@ -204,11 +258,56 @@ class StateStore:
             ((utc_text(when), booking_id) for booking_id in booking_ids),
         )
 
+    # -- rendered events ------------------------------------------------------
+
+    def rendered_events(self, settings_key: str) -> dict[str, RenderedEvent]:
+        """Return the stored VEVENT bytes of one settings key, by booking id."""
+        try:
+            cursor = self.connection.execute(
+                "SELECT booking_id, input_hash, data FROM rendered_events WHERE settings_key = ?", (settings_key,)
+            )
+            # A value that is not a BLOB was not written by calsync, so it is left out and rendered again.
+            return {
+                booking_id: RenderedEvent(input_hash, data)
+                for booking_id, input_hash, data in cursor
+                if isinstance(data, bytes) and isinstance(input_hash, str)
+            }
+        except sqlite3.Error as error:
+            raise StateError(str(self.path), f"cannot read rendered events: {error}. {REBUILD_HINT}") from error
+
+    def save_rendered_events(self, settings_key: str, events: Iterable[tuple[str, RenderedEvent]]) -> None:
+        """Insert or replace the VEVENT bytes of (booking id, event) pairs; call inside ``transaction()``."""
+        self.connection.executemany(
+            "INSERT OR REPLACE INTO rendered_events (settings_key, booking_id, input_hash, data) VALUES (?, ?, ?, ?)",
+            ((settings_key, booking_id, event.input_hash, event.data) for booking_id, event in events),
+        )
+
+    def delete_rendered_events(self, settings_key: str, booking_ids: Iterable[str]) -> None:
+        """Delete the VEVENT bytes of these bookings under one settings key; call inside ``transaction()``."""
+        self.connection.executemany(
+            "DELETE FROM rendered_events WHERE settings_key = ? AND booking_id = ?",
+            ((settings_key, booking_id) for booking_id in booking_ids),
+        )
+
+    def rendered_settings_keys(self) -> set[str]:
+        """Return every settings key that has stored VEVENT bytes."""
+        try:
+            return {key for (key,) in self.connection.execute("SELECT DISTINCT settings_key FROM rendered_events")}
+        except sqlite3.Error as error:
+            raise StateError(str(self.path), f"cannot read rendered events: {error}. {REBUILD_HINT}") from error
+
+    def delete_rendered_settings(self, settings_keys: Iterable[str]) -> None:
+        """Delete the VEVENT bytes of whole settings keys; call inside ``transaction()``."""
+        self.connection.executemany(
+            "DELETE FROM rendered_events WHERE settings_key = ?", ((key,) for key in settings_keys)
+        )
+
     # -- runs -----------------------------------------------------------------
 
     def add_run(self, run: RunRecord) -> int:
         cursor = self.connection.execute(
-            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json, error_type, trigger)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             _run_to_row(run),
         )
         run.id = cursor.lastrowid
@@ -216,8 +315,8 @@ class StateStore:
 
     def update_run(self, run: RunRecord) -> None:
         self.connection.execute(
-            "UPDATE runs SET started_at = ?, finished_at = ?, seconds = ?, outcome = ?, error = ?, stats_json = ?"
-            " WHERE id = ?",
+            "UPDATE runs SET started_at = ?, finished_at = ?, seconds = ?, outcome = ?, error = ?, stats_json = ?,"
+            " error_type = ?, trigger = ? WHERE id = ?",
             (*_run_to_row(run), run.id),
         )
 
@@ -230,17 +329,79 @@ class StateStore:
         return _run_from_row(rows[0]) if rows else None
 
     def _read_runs(self, clause: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        query = f"SELECT id, started_at, finished_at, seconds, outcome, error, stats_json FROM runs {clause}"
+        query = (
+            "SELECT id, started_at, finished_at, seconds, outcome, error, stats_json, error_type, trigger"
+            f" FROM runs {clause}"
+        )
         try:
             return self.connection.execute(query, parameters).fetchall()
         except sqlite3.Error as error:
-            raise StateError(str(self.path), f"cannot read sync runs: {error}. {REBUILD_HINT}") from error
+            raise _read_error(self.path, "sync runs", error) from error
+
+
+def open_or_rebuild(state_dir: Path) -> StateStore:
+    """Open and check the state database of ``state_dir``; move a damaged one aside and start an empty one.
+
+    The empty database makes the next sync a full one, which rebuilds it from the API.
+    """
+    try:
+        store = StateStore.open_in(state_dir)
+    except CorruptStateError as error:
+        _report_and_move_aside(error)
+        return StateStore.open_in(state_dir)
+
+    try:
+        store.check()
+    except CorruptStateError as error:
+        store.close()
+        _report_and_move_aside(error)
+        return StateStore.open_in(state_dir)
+    return store
+
+
+def _report_and_move_aside(error: CorruptStateError) -> None:
+    try:
+        moved = move_aside(Path(error.path), datetime.now(UTC))
+    except OSError as move_error:
+        raise StateError(
+            error.path, f"is damaged ({error.reason.split('. ')[0]}) and cannot be moved aside: "
+            f"{move_error.strerror or move_error}. {REBUILD_HINT}",
+        ) from move_error
+    log.error(
+        "state database %s is damaged (%s); moved it to %s and rebuilding it with a full sync",
+        error.path, error.reason.split(". ")[0], moved,
+    )
 
 
 def _is_corruption(error: sqlite3.DatabaseError) -> bool:
     """Tell a damaged file from a locked, read-only or missing one by SQLite's error code."""
     code = getattr(error, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    # The low byte is the primary code; extended codes such as SQLITE_CORRUPT_INDEX add detail above it.
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _read_error(path: Path, records: str, error: sqlite3.Error) -> StateError:
+    """Return the error to raise when reading ``records`` failed: ``CorruptStateError`` for a damaged file."""
+    kind = CorruptStateError if isinstance(error, sqlite3.DatabaseError) and _is_corruption(error) else StateError
+    return kind(str(path), f"cannot read {records}: {error}. {REBUILD_HINT}")
+
+
+def _write_error(path: Path, error: sqlite3.Error, hint: str) -> StateError:
+    """Return the error to raise when a write failed: ``CorruptStateError`` for a damaged file."""
+    if isinstance(error, sqlite3.DatabaseError) and _is_corruption(error):
+        return CorruptStateError(str(path), f"cannot write: {error}. {REBUILD_HINT}")
+    return StateError(str(path), f"cannot write: {error}{hint}")
+
+
+def _access_hint(error: sqlite3.Error) -> str:
+    """Return a sentence on file permissions when SQLite could not open or write the file, else ''."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None or (code & 0xFF) not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        return ""
+    return (
+        f". Check that user id {os.getuid()}, which runs calsync, can read and write the file, "
+        "its -wal and -shm files and their directory"
+    )
 
 
 def move_aside(path: Path, when: datetime) -> Path:
@@ -256,9 +417,9 @@ def move_aside(path: Path, when: datetime) -> Path:
 def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
     return (
         booking.id,
-        json.dumps(booking.row, sort_keys=True, ensure_ascii=False),
+        _json_text(booking.row),
         booking.fingerprint,
-        None if booking.details is None else json.dumps(booking.details, sort_keys=True, ensure_ascii=False),
+        None if booking.details is None else _json_text(booking.details),
         utc_text(booking.details_fetched_at) if booking.details_fetched_at else None,
         booking.significant,
         booking.sequence,
@@ -268,12 +429,37 @@ def _booking_to_row(booking: StoredBooking) -> tuple[Any, ...]:
     )
 
 
+def _json_text(value: object) -> str:
+    """Return JSON text that SQLite can store as UTF-8.
+
+    Text with a lone surrogate (JSON allows ``\ud800``) has no UTF-8 form,
+    so such a value is written with ASCII escapes, which read back the same.
+    """
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, sort_keys=True)
+    return text
+
+
+def _interned_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(key): value for key, value in pairs}
+
+
+# A sync keeps every stored booking in memory. json.loads gives each object
+# its own copies of its key strings, about a third of a decoded booking, so
+# this decoder interns keys and every booking shares one string per key name.
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_interned_keys)
+
+
 def _booking_from_row(row: dict[str, Any]) -> StoredBooking:
+    details_json = row["details_json"]
     return StoredBooking(
         id=row["id"],
-        row=json.loads(row["row_json"]),
+        row=_JSON_DECODER.decode(row["row_json"]),
         fingerprint=row["fingerprint"],
-        details=json.loads(row["details_json"]) if row["details_json"] is not None else None,
+        details=_JSON_DECODER.decode(details_json) if details_json is not None else None,
         details_fetched_at=parse_utc_text(row["details_fetched_at"]),
         significant=row["significant"],
         sequence=row["sequence"],
@@ -291,11 +477,13 @@ def _run_to_row(run: RunRecord) -> tuple[Any, ...]:
         run.outcome,
         run.error,
         json.dumps(run.stats, sort_keys=True),
+        run.error_type,
+        run.trigger,
     )
 
 
 def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
-    run_id, started_at, finished_at, seconds, outcome, error, stats_json = row
+    run_id, started_at, finished_at, seconds, outcome, error, stats_json, error_type, trigger = row
     return RunRecord(
         id=run_id,
         started_at=datetime.fromisoformat(started_at),
@@ -304,4 +492,6 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         outcome=outcome,
         error=error,
         stats=json.loads(stats_json),
+        error_type=error_type,
+        trigger=trigger,
     )

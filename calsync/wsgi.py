@@ -1,7 +1,9 @@
 """Run a WSGI application on waitress, and stop it completely.
 
 ``make_server`` binds exactly one listening socket itself, so that a host
-name never makes waitress listen on several addresses. In waitress 3.0.2,
+name never makes waitress listen on several addresses. It also bounds what
+one client can hold: connections, request header and body sizes, idle time,
+and the time to send one request (see ``REQUEST_TIMEOUT_SECONDS``). In waitress 3.0.2,
 ``server.close()`` closes the listening socket but leaves the worker threads
 and open connections running. ``stop_server`` ends all of them.
 
@@ -19,8 +21,10 @@ descriptor.
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -28,6 +32,7 @@ from typing import Any
 
 import waitress
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 
 log = logging.getLogger(__name__)
@@ -37,7 +42,21 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 STOP_TIMEOUT_SECONDS = 5.0
 # A subscriber that stays idle this long is disconnected, so idle keep-alive connections cannot pile up.
 CHANNEL_TIMEOUT_SECONDS = 60
-# No calsync endpoint reads a request body, so a large one can only be a mistake or an attack.
+# A client must send a whole request (line, headers and body) within this time after its first byte,
+# however slowly it trickles bytes, so that slow senders ("slowloris") cannot hold connections forever.
+REQUEST_TIMEOUT_SECONDS = 30
+# How often waitress looks for idle connections and, here, for requests past REQUEST_TIMEOUT_SECONDS.
+CLEANUP_INTERVAL_SECONDS = 5
+# waitress's default (100 in waitress 3.0.2) lets 100 idle or slow clients lock everyone else out.
+# poll() (asyncore_use_poll) accepts any descriptor number, unlike select(), which fails from 1024 on.
+CONNECTION_LIMIT = 1000
+# Each connection needs a socket, and a temporary file for a response beyond waitress's 1 MB in-memory
+# buffer (its outbuf_overflow). The spare descriptors are for the database, feed files, logs and API calls.
+FILES_PER_CONNECTION = 2
+SPARE_FILES = 64
+# A calendar client sends a short request line and a few headers. The request line counts towards this.
+MAX_REQUEST_HEADER_BYTES = 32 * 1024
+# Only the status page's forms send a body, of a few hundred bytes, so a large one can only be a mistake or an attack.
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 
 
@@ -57,7 +76,16 @@ _states: weakref.WeakKeyDictionary[BaseWSGIServer, _ServerState] = weakref.WeakK
 _states_lock = threading.Lock()
 
 
-def make_server(app: WSGIApp, listen_host: str, port: int, threads: int = 8) -> BaseWSGIServer:
+def make_server(
+    app: WSGIApp,
+    listen_host: str,
+    port: int,
+    threads: int = 8,
+    *,
+    connection_limit: int = CONNECTION_LIMIT,
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+    cleanup_interval: int = CLEANUP_INTERVAL_SECONDS,
+) -> BaseWSGIServer:
     """Create a waitress server for ``app`` on ``listen_host:port`` that is not yet running.
 
     Port 0 picks a free port, which ``server_url`` reports. Proxy headers
@@ -65,7 +93,13 @@ def make_server(app: WSGIApp, listen_host: str, port: int, threads: int = 8) -> 
     is trusted. Run the server with ``server.run()`` on any thread, or with
     ``start_server_thread``, and end it with ``stop_server``. Raises OSError
     naming the address when the port cannot be bound.
+
+    ``connection_limit`` is lowered when the open-file limit cannot fit it
+    (see ``fit_connection_limit``). A connection that has not sent a whole
+    request ``request_timeout`` seconds after its first byte is closed at
+    the next cleanup, which runs every ``cleanup_interval`` seconds.
     """
+    limit = fit_connection_limit(connection_limit)
     listener = _bind_listener(listen_host, port)
     socket_map: dict[int, Any] = {}
     try:
@@ -76,7 +110,10 @@ def make_server(app: WSGIApp, listen_host: str, port: int, threads: int = 8) -> 
             threads=threads,
             ident="calsync",
             clear_untrusted_proxy_headers=True,
+            connection_limit=limit,
             channel_timeout=CHANNEL_TIMEOUT_SECONDS,
+            cleanup_interval=cleanup_interval,
+            max_request_header_size=MAX_REQUEST_HEADER_BYTES,
             max_request_body_size=MAX_REQUEST_BODY_BYTES,
             asyncore_use_poll=True,
         )
@@ -87,9 +124,43 @@ def make_server(app: WSGIApp, listen_host: str, port: int, threads: int = 8) -> 
     state = _ServerState(socket_map)
     with _states_lock:
         _states[server] = state
-    # The instance attribute shadows BaseWSGIServer.run, so that stop_server learns which thread runs the loop.
+    # The instance attributes shadow BaseWSGIServer's. The run wrapper records the loop thread for
+    # stop_server, and the channel class and maintenance enforce the request deadline.
     server.run = partial(_run_loop, server, state, server.run)  # type: ignore[method-assign]
+    server.channel_class = _TimedChannel
+    server.maintenance = partial(_close_slow_requests, server, server.maintenance, request_timeout)  # type: ignore[method-assign]
     return server
+
+
+def fit_connection_limit(wanted: int) -> int:
+    """Raise the soft open-file limit so that ``wanted`` connections fit; return the limit that fits.
+
+    The soft limit is raised up to the hard limit, as only root may raise
+    the hard one. When even the hard limit is too low, the connection
+    limit is lowered to fit, with a warning that names the limit needed.
+    """
+    needed = wanted * FILES_PER_CONNECTION + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, error)
+    if soft >= needed:
+        return wanted
+
+    fitted = max(1, (soft - SPARE_FILES) // FILES_PER_CONNECTION)
+    log.warning(
+        "the open-file limit is %d, so the HTTP server accepts at most %d connections instead of %d; "
+        "raise it to %d or more (ulimit -n, LimitNOFILE= in systemd, --ulimit nofile= in Docker)",
+        soft, fitted, wanted, needed,
+    )
+    return fitted
 
 
 def server_url(server: BaseWSGIServer) -> str:
@@ -160,6 +231,49 @@ def _empty_socket_map(server: BaseWSGIServer, socket_map: dict[int, Any]) -> Non
         except OSError as error:
             log.debug("closing %r while stopping the server failed: %s", dispatcher, error)
     server.trigger.del_channel()
+
+
+class _TimedChannel(HTTPChannel):
+    """waitress's HTTP channel, which also records when the request it is reading began.
+
+    ``request_started`` is a ``time.monotonic()`` value. It is meaningful
+    only while ``request`` (waitress's parser of an unfinished request) is set.
+    """
+
+    request_started: float = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data:
+            self.request_started = time.monotonic()
+        return super().received(data)
+
+
+def _close_slow_requests(
+    server: BaseWSGIServer, maintenance: Callable[[float], None], request_timeout: float, now: float
+) -> None:
+    """Run waitress's cleanup of idle connections, then close those whose request is past its deadline.
+
+    Runs on the loop thread. waitress's own cleanup spares these connections,
+    because every byte received counts as activity.
+    """
+    # NOTE: active_channels, requests, request and will_close are waitress internals (checked with 3.0.2).
+    maintenance(now)
+    cutoff = time.monotonic() - request_timeout
+    slow = [
+        channel
+        for channel in server.active_channels.values()
+        if isinstance(channel, _TimedChannel)
+        and channel.request is not None
+        and not channel.requests
+        and channel.request_started < cutoff
+    ]
+    for channel in slow:
+        channel.will_close = True
+    if slow:
+        log.warning(
+            "closing %d connection(s) that sent no complete request within %.0f s of their first byte",
+            len(slow), request_timeout,
+        )
 
 
 def _close_trigger(server: BaseWSGIServer) -> None:

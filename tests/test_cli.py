@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -243,9 +244,10 @@ def test_demo_serves_a_valid_feed_and_stops_on_ctrl_c(tmp_path):
         env=environment_without_calsync(),
     )
     try:
-        url, state_dir = read_demo_output(demo)
-        response = requests.get(url, timeout=10)
-        wrong_token = requests.get(re.sub(r"token=[^&]+", "token=wrong", url), timeout=10)
+        output = read_demo_output(demo)
+        response = requests.get(output.url, timeout=10)
+        wrong_token = requests.get(re.sub(r"token=[^&]+", "token=wrong", output.url), timeout=10)
+        status_page = log_in_to_status_page(output)
     finally:
         demo.send_signal(signal.SIGINT)
         _, stderr = demo.communicate(timeout=30)
@@ -254,24 +256,46 @@ def test_demo_serves_a_valid_feed_and_stops_on_ctrl_c(tmp_path):
     assert response.headers["Content-Type"] == "text/calendar; charset=utf-8"
     assert len(parse_both(response.content).walk("VEVENT")) > 20
     assert wrong_token.status_code == 404
+    assert status_page.status_code == 200
+    assert "calsync status" in status_page.text
     assert demo.returncode == 0
-    assert not Path(state_dir).exists()
+    assert not Path(output.state_dir).exists()
     assert "Traceback" not in stderr
 
 
-def read_demo_output(demo: subprocess.Popen) -> tuple[str, str]:
-    url = state_dir = None
+@dataclass
+class DemoOutput:
+    """What the demo printed: the feed URL, the state directory, the status page URL and the admin token."""
+
+    url: str
+    state_dir: str
+    status_url: str
+    admin_token: str
+
+
+def read_demo_output(demo: subprocess.Popen) -> DemoOutput:
+    url = state_dir = status = None
     for line in demo.stdout:
         if "state and feeds in" in line:
             state_dir = line.rsplit(" ", 1)[1].strip()
         match = re.search(r"(http://127\.0\.0\.1:\d+/feeds/\S+)", line)
         if match:
             url = match.group(1)
+        status = status or re.search(r"Status page: (http://127\.0\.0\.1:\d+/) \(log in with the admin token (\S+)\)", line)
         if "Ctrl-C stops" in line:
             break
     assert url, "the demo printed no feed URL"
     assert state_dir, "the demo printed no state directory"
-    return url, state_dir
+    assert status, "the demo printed no status page URL with its admin token"
+    return DemoOutput(url, state_dir, status.group(1), status.group(2))
+
+
+def log_in_to_status_page(output: DemoOutput) -> requests.Response:
+    """Log in with the admin token that the demo printed, and return the status page."""
+    with requests.Session() as session:
+        session.trust_env = False
+        session.post(f"{output.status_url}login", data={"token": output.admin_token}, timeout=10)
+        return session.get(output.status_url, timeout=10)
 
 
 def test_check_show_config_masks_secrets_and_names_sources(tmp_path, api, capsys, monkeypatch):

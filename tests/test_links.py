@@ -45,6 +45,32 @@ def test_http_public_url_warned(tmp_path):
     assert "not https" in problems[0]
 
 
+def test_private_and_local_hosts_warned(tmp_path):
+    for host, reach in [
+        ("10.1.2.3", "a private address, reachable only from the local network"),
+        ("[fd00::1]", "a private address, reachable only from the local network"),
+        ("169.254.0.9", "a private address, reachable only from the local network"),
+        ("localhost", "reachable only from this machine"),
+        ("[::1]", "reachable only from this machine"),
+        ("0.0.0.0", "not an address that anyone can connect to"),
+    ]:
+        path = config_with(tmp_path, f'public_url = "https://{host}:8443"')
+        config = load_config(str(path), env={}, require_secret=False)
+
+        problems = public_url_problems(config)
+
+        assert len(problems) == 1, host
+        assert problems[0] == f"server.public_url host {host.strip('[]')} is {reach}"
+
+
+def test_public_hosts_not_warned(tmp_path):
+    # Only parsed: no test connects to these hosts.
+    for host in ("cal.example.com", "8.8.8.8", "cal.local.example.com"):
+        config = load_config(str(config_with(tmp_path, f'public_url = "https://{host}"')), env={}, require_secret=False)
+
+        assert public_url_problems(config) == [], host
+
+
 def test_missing_public_url_falls_back_to_listen(tmp_path):
     config = load_config(str(config_with(tmp_path, 'listen = "127.0.0.1:9090"')), env={}, require_secret=False)
 

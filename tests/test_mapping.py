@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
+from dateutil.parser import isoparse
 from freezegun import freeze_time
 from ical.calendar_stream import IcsCalendarStream
 
@@ -30,6 +31,7 @@ from calsync.mapping import (
     render_calendar,
     render_event,
     significant_fields,
+    status_name,
 )
 from calsync.sandbox import LIST_FIELDS, generate_bookings
 from tests.helpers import parse_both
@@ -177,6 +179,29 @@ def test_parse_instant_accepts_iso_forms(value: object, expected: datetime) -> N
     assert parsed == expected
     assert parsed.utcoffset() == timedelta(0)
     assert parsed.tzinfo == timezone.utc
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-01-20T10:00:00.000Z",
+        "2024-02-29T23:59:59.999Z",
+        "2024-01-20T24:00:00.000Z",
+        "0001-01-01T00:00:00.000000Z",
+        "9999-12-31T23:59:59.999999Z",
+    ],
+)
+def test_parse_instant_matches_isoparse_in_cashfin_form(text: str) -> None:
+    # Cashfin's own form takes a faster parser, which must return what isoparse returns.
+    assert parse_instant(text) == isoparse(text)
+
+
+@pytest.mark.parametrize("text", ["2023-02-29T10:00:00.000Z", "2024-01-20T10:00:60.000Z", "2024-04-31T00:00:00Z"])
+def test_parse_instant_rejects_invalid_cashfin_form(text: str) -> None:
+    with pytest.raises(ValueError):
+        isoparse(text)
+    with pytest.raises(ValueError):
+        parse_instant(text)
 
 
 @pytest.mark.parametrize(
@@ -478,7 +503,7 @@ def test_virtual_location_without_link() -> None:
         ({"type": "physical", "name": "Head office", "address": "Kimathi Street 12", "city": "Nairobi"}, "Head office, Kimathi Street 12, Nairobi"),
         ({"address": "Moi Avenue 3", "city": "Nairobi", "country": "Kenya"}, "Moi Avenue 3, Nairobi, Kenya"),
         ({"name": "Nairobi", "city": "nairobi"}, "Nairobi"),
-        ({"type": "physical", "address": "Line one\nLine two"}, "Line one Line two"),
+        ({"type": "physical", "address": "Line one\nLine two"}, "Line one\nLine two"),
         ("Kimathi Street 12", "Kimathi Street 12"),
     ],
 )
@@ -615,6 +640,27 @@ def test_categories_escape_commas() -> None:
     event, data = render_one(make_booking(type="tax, audit"))
     assert event.categories == ["tax, audit", "scheduled"]
     assert b"CATEGORIES:tax\\, audit,scheduled\r\n" in data
+
+
+def test_categories_keep_backslashes_exactly() -> None:
+    event, data = render_one(make_booking(type="C:\\New\\Notes", status="\\N"))
+    assert [str(category) for category in event["CATEGORIES"].cats] == ["C:\\New\\Notes", "\\N"]
+    assert b"CATEGORIES:C:\\\\New\\\\Notes,\\\\N\r\n" in data
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [("cancelled", "cancelled"), ("Cancelled", "cancelled"), ("CANCELED", "cancelled"), ("No Show", "no-show"),
+     ("no_show", "no-show"), (" scheduled ", "scheduled"), ("pending", None), ("", None), (None, None), (3, None)],
+)
+def test_status_name(value: object, name: str | None) -> None:
+    assert status_name(value) == name
+
+
+def test_byte_order_mark_removed() -> None:
+    event, _ = render_one(make_booking(title="\ufeffTax\ufeff consultation", description="\ufeff"))
+    assert text_of(event, "SUMMARY") == "Tax consultation"
+    assert not text_of(event, "DESCRIPTION").startswith("\ufeff")
 
 
 @pytest.mark.parametrize(("priority", "expected"), [("high", 1), ("medium", 5), ("low", 9), ("HIGH", 1), (" low ", 9)])
@@ -806,12 +852,13 @@ HOSTILE_TEXT = [
     ("C:\\New folder\\Notes", "C:\\New folder\\Notes"),
     ("emoji 🎉👩🏽‍💻 and Zoë Wanjirũ", "emoji 🎉👩🏽‍💻 and Zoë Wanjirũ"),
     ("END:VEVENT", "END:VEVENT"),
-    ("x\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:evil", "x END:VEVENT BEGIN:VEVENT UID:evil"),
+    ("x\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:evil", "x\nEND:VEVENT\nBEGIN:VEVENT\nUID:evil"),
     ("null\x00bell\x07escape\x1bdel\x7f", "nullbellescapedel"),
-    ("tab\tand  double  spaces", "tab and double spaces"),
+    ("tab\tand  double  spaces", "tab\tand  double  spaces"),
     ("lone surrogate \ud800removed", "lone surrogate removed"),
     ("non-characters \ufffe\uffffremoved", "non-characters removed"),
-    ("  padded  ", "padded"),
+    ("  padded  ", "  padded  "),
+    ("   ", "consultation"),
     ("\"quoted\" <b>html</b> & 'apostrophes'", "\"quoted\" <b>html</b> & 'apostrophes'"),
 ]
 
@@ -852,7 +899,7 @@ def test_long_text_folded() -> None:
     event, data = render_one(make_booking(title=title, description=description))
 
     assert len(data) > 20_000
-    assert text_of(event, "SUMMARY") == title.strip()
+    assert text_of(event, "SUMMARY") == title
     assert text_of(event, "DESCRIPTION").startswith(description)
 
 
@@ -932,7 +979,7 @@ def test_significant_fields_hashable_and_json() -> None:
 def test_significant_fields_ignore_format() -> None:
     original = significant_fields(make_booking())
     reformatted = significant_fields(
-        make_booking(starttime="2024-01-20T13:00:00+03:00", endtime="2024-01-20T11:00:00Z", status="Scheduled", title=" Tax consultation ", allday="false")
+        make_booking(starttime="2024-01-20T13:00:00+03:00", endtime="2024-01-20T11:00:00Z", status="Scheduled", allday="false")
     )
     assert reformatted == original
 

@@ -9,10 +9,11 @@ WAIT = 10.0
 
 
 class RecordingSync:
-    """A sync stand-in that counts its runs and can be held while running."""
+    """A sync stand-in that counts its runs, records their triggers, and can be held while running."""
 
     def __init__(self) -> None:
         self.runs = 0
+        self.triggers: list[str] = []
         self.running = 0
         self.overlapped = False
         self.started = threading.Semaphore(0)
@@ -20,11 +21,12 @@ class RecordingSync:
         self.release.set()
         self.lock = threading.Lock()
 
-    def __call__(self) -> None:
+    def __call__(self, trigger: str) -> None:
         with self.lock:
             self.running += 1
             self.overlapped |= self.running > 1
             self.runs += 1
+            self.triggers.append(trigger)
         self.started.release()
         self.release.wait(WAIT)
         with self.lock:
@@ -65,6 +67,7 @@ def test_request_during_sync_runs_once_after_it():
 
     assert sync.runs == 2
     assert not sync.overlapped
+    assert sync.triggers == ["scheduled", "manual"]
 
 
 def test_request_when_idle_starts_sync():
@@ -83,12 +86,13 @@ def test_request_when_idle_starts_sync():
         scheduler.shutdown()
 
     assert sync.runs == 2
+    assert sync.triggers == ["scheduled", "manual"]
 
 
 def test_crashing_sync_is_logged_and_survived(caplog):
     calls = threading.Semaphore(0)
 
-    def crash() -> None:
+    def crash(trigger: str) -> None:
         calls.release()
         raise RuntimeError("bug in a sync")
 
@@ -119,13 +123,13 @@ def test_no_requests_after_shutdown():
 
 
 def test_jitter_is_five_percent_of_interval():
-    assert SyncScheduler(lambda: None, timedelta(minutes=15)).jitter_seconds == 45
-    assert SyncScheduler(lambda: None, timedelta(seconds=10)).jitter_seconds == 1
+    assert SyncScheduler(lambda trigger: None, timedelta(minutes=15)).jitter_seconds == 45
+    assert SyncScheduler(lambda trigger: None, timedelta(seconds=10)).jitter_seconds == 1
 
 
 def test_start_and_stop_logged(caplog):
     caplog.set_level("INFO", logger="calsync.scheduler")
-    scheduler = SyncScheduler(lambda: None, timedelta(minutes=15))
+    scheduler = SyncScheduler(lambda trigger: None, timedelta(minutes=15))
 
     scheduler.start()
     scheduler.wait_idle(WAIT)

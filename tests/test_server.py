@@ -605,6 +605,17 @@ def test_healthz(http, base_url) -> None:
     assert response.headers["Cache-Control"] == "no-store"
 
 
+def test_favicon_is_empty(http, base_url) -> None:
+    response = http.get(f"{base_url}/favicon.ico")
+    post = http.post(f"{base_url}/favicon.ico")
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert "Content-Length" not in response.headers
+    assert response.headers["Cache-Control"] == "public, max-age=86400"
+    assert post.status_code == 405
+
+
 def test_readyz_without_status_needs_every_feed(http, config, serve) -> None:
     url = serve(FeedApp(config))
     ready = http.get(f"{url}/readyz")
@@ -807,7 +818,8 @@ def test_operator_head_matches_get(http, config, serve, path) -> None:
     assert head.headers["Content-Length"] == str(len(full.content))
 
 
-@pytest.mark.parametrize("path", ["/", "/feeds/", "/feeds/bookings", "/feeds/../state.sqlite3", "/feeds/.ics"])
+# "/" is the status page when an admin token is set, as in this config; tests/test_status_page.py covers it.
+@pytest.mark.parametrize("path", ["/feeds/", "/feeds/bookings", "/feeds/../state.sqlite3", "/feeds/.ics"])
 def test_unknown_paths_404(http, base_url, path) -> None:
     assert http.get(f"{base_url}{path}").status_code == 404
 
@@ -886,6 +898,31 @@ def test_status_not_ready_after_publish_failure() -> None:
 
     status.record_success(finished + 2 * INTERVAL)
     assert status.ready(finished + 2 * INTERVAL, INTERVAL)[0] is True
+
+
+def test_status_not_ready_after_state_failure() -> None:
+    finished = datetime(2026, 1, 15, 8, 0, tzinfo=UTC)
+    status = ServiceStatus(last_success=finished)
+
+    status.record_failure(finished + INTERVAL, "unable to open database file", state_failed=True)
+    ready, reason = status.ready(finished + INTERVAL, INTERVAL)
+
+    assert ready is False
+    assert reason == "the last sync could not use the state database; the previous feeds are still served"
+    assert status.state_failed is True
+    assert status.publish_failed is False
+
+    status.record_failure(finished + 2 * INTERVAL, "listing incomplete")
+    assert status.ready(finished + 2 * INTERVAL, INTERVAL)[0] is True
+
+
+def test_status_from_unreadable_store(tmp_path) -> None:
+    (tmp_path / "state.sqlite3").write_bytes(b"not a database " * 100)
+
+    status = ServiceStatus.from_store(tmp_path)
+
+    assert status.last_success is None
+    assert status.ready(datetime.now(UTC), INTERVAL) == (False, "no successful sync yet")
 
 
 def test_status_from_store(synced) -> None:

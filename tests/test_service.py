@@ -11,7 +11,8 @@ import requests
 
 from calsync.demo import free_port
 from calsync.sandbox import Sandbox
-from tests.helpers import environment_without_calsync, parse_both
+from calsync.store import RunRecord, StateStore
+from tests.helpers import environment_without_calsync, parse_both, wait_until
 
 SECRET = "serve-secret"
 ADMIN = "serve-admin-token"
@@ -77,6 +78,11 @@ def wait_for(url: str, status: int, **kwargs) -> requests.Response:
     raise AssertionError(f"{url} did not return {status} in {WAIT}s; last: {last and last.status_code}")
 
 
+def stored_runs(state_dir: Path) -> list[RunRecord]:
+    with StateStore.open_in(state_dir) as store:
+        return store.recent_runs()
+
+
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=WAIT)
@@ -129,8 +135,9 @@ def test_sigint_exits_zero(served):
     assert process.returncode == 0
 
 
-def test_post_sync_runs_another_sync(served):
+def test_post_sync_runs_another_sync(served, tmp_path):
     process, base, api = served
+    state_dir = tmp_path / "state"
     target = next(booking_id for booking_id in api.ids() if api.get(booking_id)["status"] == "scheduled")
     api.update(target, title="Requested sync picked this up")
 
@@ -143,6 +150,9 @@ def test_post_sync_runs_another_sync(served):
         time.sleep(0.1)
         body = requests.get(f"{base}/feeds/bookings.ics", params={"token": TOKEN}, timeout=10).content
     assert b"Requested sync picked this up" in body
+    # The run record is written after publishing, so it may lag the feed by a moment.
+    wait_until(lambda: len(stored_runs(state_dir)) == 2, WAIT)
+    assert [run.trigger for run in stored_runs(state_dir)] == ["manual", "scheduled"]
 
 
 def test_post_sync_rejects_wrong_admin_token(served):
@@ -174,6 +184,7 @@ def test_cron_sync_waits_for_lock_or_runs(served, tmp_path):
     )
 
     assert result.returncode == 0, result.stderr
+    assert stored_runs(tmp_path / "state")[0].trigger == "command"
 
 
 def test_feed_without_token_refuses_to_start(tmp_path, api):

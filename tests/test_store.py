@@ -6,7 +6,14 @@ from datetime import UTC, datetime
 import pytest
 
 from calsync.errors import StateError
-from calsync.store import SCHEMA_VERSION, RunRecord, StateStore, StoredBooking
+from calsync.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TRIGGER_MANUAL,
+    RunRecord,
+    StateStore,
+    StoredBooking,
+)
 
 NOW = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 
@@ -120,3 +127,55 @@ def test_not_a_database_reported(tmp_path):
         StateStore(path)
 
     assert str(path) in str(raised.value)
+
+
+def test_run_error_type_round_trip(tmp_path):
+    failed = RunRecord(started_at=NOW, outcome="failed", finished_at=NOW, error="rejected",
+                       error_type="AuthenticationError")
+
+    with StateStore.open_in(tmp_path) as store:
+        with store.transaction():
+            store.add_run(failed)
+        loaded = store.recent_runs(1)[0]
+
+    assert loaded.error_type == "AuthenticationError"
+    assert loaded.error == "rejected"
+
+
+def test_run_trigger_round_trip(tmp_path):
+    run = RunRecord(started_at=NOW, outcome="running", trigger=TRIGGER_MANUAL)
+
+    with StateStore.open_in(tmp_path) as store:
+        with store.transaction():
+            store.add_run(run)
+        run.outcome = "success"
+        with store.transaction():
+            store.update_run(run)
+        loaded = store.recent_runs(1)[0]
+
+    assert loaded.trigger == "manual"
+    assert loaded.outcome == "success"
+
+
+def test_version_1_database_upgraded_keeping_runs(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    connection = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        connection.execute(statement)
+    connection.execute(
+        "INSERT INTO runs (started_at, finished_at, seconds, outcome, error, stats_json)"
+        " VALUES (?, ?, 1.5, 'failed', 'timed out', '{}')",
+        (NOW.isoformat(), NOW.isoformat()),
+    )
+    connection.execute("PRAGMA user_version = 1")
+    connection.close()
+
+    with StateStore(path) as store:
+        version = store.connection.execute("PRAGMA user_version").fetchone()[0]
+        runs = store.recent_runs()
+
+    assert version == SCHEMA_VERSION
+    assert len(runs) == 1
+    assert runs[0].error == "timed out"
+    assert runs[0].error_type is None
+    assert runs[0].trigger is None

@@ -1,6 +1,7 @@
 """The sync engine against the sandbox API over loopback HTTP and a real SQLite file."""
 
 import json
+import logging
 import math
 import os
 import stat
@@ -18,10 +19,12 @@ from calsync.engine import SyncEngine, fingerprint
 from calsync.errors import (
     AuthenticationError,
     ListingIncompleteError,
+    PublishError,
     SyncCancelledError,
     TransportError,
 )
 from calsync.feeds import publish
+from calsync.mapping import status_name
 from calsync.sandbox import Sandbox
 from calsync.store import StateStore
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
@@ -290,6 +293,67 @@ types = ["class"]
 
 
 @freeze_time(SYNC_TIME)
+def test_status_filter_ignores_case_and_keeps_unknown_statuses(tmp_path, api):
+    shouted, unknown, cancelled = api.ids()[:3]
+    api.update(shouted, status="Scheduled")
+    api.update(unknown, status="pending")
+    api.update(cancelled, status="CANCELED")
+    feeds = """
+[[feeds]]
+name = "active"
+token = "t1"
+statuses = ["scheduled"]
+
+[[feeds]]
+name = "cancelled"
+token = "t2"
+statuses = ["cancelled"]
+"""
+    engine_for(tmp_path, api.base_url, extra=feeds).run()
+
+    active = {uid.split("@")[0] for uid in uids(feed_file(tmp_path, "active").read_bytes())}
+    cancelled_feed = {uid.split("@")[0] for uid in uids(feed_file(tmp_path, "cancelled").read_bytes())}
+    assert {shouted, unknown} <= active
+    assert cancelled not in active
+    assert cancelled in cancelled_feed
+    assert not {shouted, unknown} & cancelled_feed
+
+
+@freeze_time(SYNC_TIME)
+def test_lone_surrogates_from_the_api_are_stored_and_dropped(tmp_path, api):
+    booking_id = upcoming_scheduled_id(api)
+    api.update(booking_id, title="Tax\ud800 consultation", description="Notes \udfff")
+
+    engine_for(tmp_path, api.base_url).run()
+    second = engine_for(tmp_path, api.base_url).run()
+
+    assert second.stats.details_fetched == 0
+    event = event_by_id(feed_file(tmp_path).read_bytes(), booking_id)
+    assert str(event["SUMMARY"]) == "Tax consultation"
+
+
+@freeze_time(SYNC_TIME)
+def test_failed_write_log_names_feeds_published_before(tmp_path, api, caplog):
+    feeds = """
+[[feeds]]
+name = "first"
+token = "t1"
+
+[[feeds]]
+name = "second"
+token = "t2"
+"""
+    blocker = tmp_path / "state" / "feeds" / "second.ics"
+    (blocker / "occupied").mkdir(parents=True)
+
+    with caplog.at_level(logging.ERROR), pytest.raises(PublishError):
+        engine_for(tmp_path, api.base_url, extra=feeds).run()
+
+    assert feed_file(tmp_path, "first").is_file()
+    assert "other feeds left as they were (published before the failure: first)" in caplog.text
+
+
+@freeze_time(SYNC_TIME)
 def test_past_days_window_drops_old_bookings(tmp_path, api):
     feeds = """
 [[feeds]]
@@ -307,6 +371,40 @@ past_days = 7
         end = event.decoded("DTEND")
         end_date = end if not hasattr(end, "date") else end.date()
         assert end_date >= oldest_end
+
+
+@freeze_time(SYNC_TIME)
+def test_coverage_accounts_for_every_booking(tmp_path, api):
+    unmappable = upcoming_scheduled_id(api)
+    api.update(unmappable, starttime="next Tuesday")
+    feeds = """
+[[feeds]]
+name = "open"
+token = "t1"
+statuses = ["scheduled", "completed", "no-show"]
+past_days = 7
+
+[[feeds]]
+name = "classes"
+token = "t2"
+types = ["class"]
+"""
+    result = engine_for(tmp_path, api.base_url, extra=feeds).run()
+
+    bookings = [api.get(booking_id) for booking_id in api.ids()]
+    cancelled = sum(1 for booking in bookings if status_name(booking["status"]) == "cancelled")
+    other_types = sum(1 for booking in bookings if booking.get("type") != "class")
+    open_feed = result.stats.coverage["open"]
+    assert open_feed["stored"] == 250
+    assert open_feed["events"] == result.stats.events["open"]
+    assert open_feed["status"] == cancelled
+    assert open_feed["ended"] > 0
+    assert open_feed["unmappable"] == 1
+    assert open_feed["events"] + sum(open_feed[key] for key in ("status", "ended", "unmappable")) == 250
+    assert set(open_feed) == {"stored", "events", "status", "ended", "unmappable"}
+    classes = result.stats.coverage["classes"]
+    assert classes["type"] == other_types
+    assert classes["events"] + sum(count for key, count in classes.items() if key not in ("stored", "events")) == 250
 
 
 @freeze_time(SYNC_TIME)
@@ -411,6 +509,12 @@ def test_incomplete_listing_deletes_and_publishes_nothing(tmp_path, api, proxy):
     assert feed_file(tmp_path).read_bytes() == before
     with StateStore.open_in(tmp_path / "state") as store:
         assert target in store.bookings()
+        failed = store.recent_runs(1)[0]
+    assert failed.stats["listing_total"] == 250
+    assert failed.stats["listing_received"] == 249
+    assert failed.stats["page_size"] == 100
+    assert failed.stats["pages"] == 3
+    assert failed.stats["listing_problems"] == ["received 249 of 250 bookings"]
 
     proxy.extra_total = 0
     result = engine.run()
