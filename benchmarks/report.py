@@ -144,8 +144,16 @@ def render_text(run: BenchmarkRun) -> str:
     note = settings_note(run)
     if note:
         sections.append(note)
-    sections.append(f"Total: {run.total_seconds:.0f} s")
+    sections.append(f"Time: {_durations(run)}")
     return "\n\n".join(sections) + "\n"
+
+
+def _durations(run: BenchmarkRun) -> str:
+    parts = [f"{size:,} bookings {seconds:.0f} s" for size, seconds in run.size_seconds.items()]
+    if run.serving_seconds:
+        parts.append(f"serving {run.serving_seconds:.0f} s")
+    parts.append(f"total {run.total_seconds:.0f} s")
+    return ", ".join(parts)
 
 
 def _text_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -174,7 +182,7 @@ def render_markdown(run: BenchmarkRun) -> str:
         f"- Settings: {settings.latency_ms:g} ms latency per response, concurrency {settings.concurrency}, "
         f"sizes {', '.join(f'{size:,}' for size in settings.sizes)}, "
         f"{settings.baseline_runs} run(s) of the hand-written script up to {settings.baseline_max_size:,} bookings",
-        f"- Total time: {run.total_seconds:.0f} s",
+        f"- Time: {_durations(run)}",
         "",
         "### Sync",
         "",

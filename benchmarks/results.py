@@ -81,6 +81,9 @@ class BenchmarkRun:
     scenarios: list[ScenarioResult] = field(default_factory=list)
     baselines: list[BaselineResult] = field(default_factory=list)
     serving: list[ServeResult] = field(default_factory=list)
+    # Wall seconds per size (its syncs, null client runs and hand-written script), and of the serving part.
+    size_seconds: dict[int, float] = field(default_factory=dict)
+    serving_seconds: float = 0.0
     total_seconds: float = 0.0
 
     def scenario(self, size: int, name: str) -> ScenarioResult | None:

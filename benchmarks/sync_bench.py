@@ -129,15 +129,19 @@ def run_benchmark(settings: Settings, work_dir: Path) -> BenchmarkRun:
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
     for size in settings.sizes:
+        size_started = time.perf_counter()
         scenarios, baseline = bench_size(size, settings, work_dir / f"bookings-{size}")
         run.scenarios += scenarios
         if baseline is not None:
             run.baselines.append(baseline)
+        run.size_seconds[size] = time.perf_counter() - size_started
 
     if settings.serve_events > 0:
+        serving_started = time.perf_counter()
         config_path = serving_state(settings, work_dir)
         progress(f"serving a {settings.serve_events:,}-event feed")
         run.serving = measure_serving(config_path, settings.serve_seconds, settings.serve_connections)
+        run.serving_seconds = time.perf_counter() - serving_started
     run.total_seconds = time.perf_counter() - started
     return run
 

@@ -5,9 +5,17 @@ import pytest
 
 from benchmarks.null_client import replay_from_log
 from benchmarks.report import RESULTS_END, RESULTS_START, render_text, write_markdown
-from benchmarks.results import CHANGED, FIRST_SYNC, NO_CHANGES, Settings
+from benchmarks.results import (
+    CHANGED,
+    FIRST_SYNC,
+    NO_CHANGES,
+    BenchmarkRun,
+    ScenarioResult,
+    Settings,
+)
 from benchmarks.serve_bench import generate_load
 from benchmarks.sync_bench import PROXY_VARIABLES, parse_args, run_benchmark
+from benchmarks.targets import check_targets
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 
 SIZE = 200
@@ -145,3 +153,33 @@ def test_python_load_generator_counts_requests():
 def test_invalid_sizes_rejected(sizes):
     with pytest.raises(SystemExit):
         parse_args(["--sizes", sizes])
+
+
+def scenario(size: int, name: str, **figures) -> ScenarioResult:
+    values = dict(
+        size=size, scenario=name, changed=0, list_requests=size // 100, details_requests=0, events=size,
+        seconds=1.0, null_seconds=1.0, render_seconds=0.1, full_render_seconds=4.0, peak_rss=10**8,
+        sandbox_cpu_seconds=0.1, refresh_budget=105,
+    )
+    values.update(figures)
+    return ScenarioResult(**values)
+
+
+def test_targets_judged_from_figures(tiny_run):
+    run = BenchmarkRun(settings=tiny_run.settings, machine={}, date="")
+    run.scenarios = [
+        scenario(10_000, FIRST_SYNC, details_requests=10_000, seconds=13.0, null_seconds=10.0),
+        scenario(10_000, NO_CHANGES, details_requests=105, seconds=1.6, null_seconds=1.0),
+        scenario(10_000, CHANGED, changed=100, details_requests=100, render_seconds=0.5, full_render_seconds=4.0),
+    ]
+    run.size_seconds = {1_000: 30.0, 10_000: 500.0}
+    run.serving_seconds = 80.0
+
+    verdicts = {check.target.split(":")[0]: check.met for check in check_targets(run)}
+
+    assert verdicts["First sync, 10,000 bookings"] is True
+    assert verdicts["No-change sync, 10,000 bookings"] is False
+    assert verdicts["Sync after 1% changed, 10,000 bookings"] is True
+    assert verdicts["Render after 1% changed, 10,000 bookings"] is False
+    assert verdicts["Full sync of 100,000 bookings"] is None
+    assert verdicts["The benchmark at 1,000 and 10,000 bookings"] is False
