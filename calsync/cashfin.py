@@ -4,9 +4,15 @@
 page size, fetching pages 2..n concurrently once page 1 has reported the
 total, and returns a ``Listing`` that records whether it is complete.
 ``CashfinClient.fetch_details`` fetches details for many ids with a bounded
-thread pool. Transient failures (connection errors, read timeouts, 429, 502,
-503, 504) are retried by urllib3 with exponential backoff and jitter, bounded
-in count and in total time; 401 and 403 are never retried.
+thread pool. Both use one connection pool of ``concurrency`` connections.
+
+Transient failures are retried with exponential backoff and jitter, bounded
+in count and in total time per request (``calsync.retries``): connection
+errors and resets, read timeouts, bodies cut short, HTTP 429, 500, 502, 503
+and 504, and a 200 whose body is not JSON (a proxy's error page). Every
+request is a GET, so a retry cannot repeat a side effect. A 429 pauses and
+shrinks the whole pool, not only the worker that received it. 401 and 403
+are never retried, and neither is a well-formed ``success: false``.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from urllib3.exceptions import MaxRetryError
 
 from calsync import __version__
 from calsync.errors import (
@@ -32,9 +39,11 @@ from calsync.errors import (
     AuthenticationError,
     CashfinError,
     NotFoundError,
+    RateLimitedError,
     SyncCancelledError,
     TransportError,
 )
+from calsync.retries import BoundedRetry, PoolBackoff
 
 if TYPE_CHECKING:
     from calsync.config import Config
@@ -47,48 +56,35 @@ DETAILS_PATH = "/business/booking/details/"
 # The API documents 100 as the largest page size it serves.
 MAX_PAGE_SIZE = 100
 
-RETRY_STATUSES = (429, 502, 503, 504)
+# GETs are idempotent, so a 500 is retried like the gateway errors.
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+NOT_JSON = "response is not JSON"
+
+# Failures before a complete response arrived. An SSLError is a ConnectionError too, but retrying
+# a certificate problem cannot help, so it is left out.
+TRANSIENT_EXCEPTIONS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
-class BoundedRetry(Retry):
-    """urllib3's ``Retry`` with a budget of seconds on top of its counts.
+class _TransientFailure(Exception):
+    """One failed attempt that a retry may fix, with the error to raise if none does."""
 
-    The clock starts at the first failure of a request. Once the budget is
-    spent no further attempt is made, and no single sleep (backoff or
-    ``Retry-After``) runs past the budget's end.
-    """
+    def __init__(self, error: CashfinError, response: requests.Response | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.response = response
 
-    def __init__(self, *args: Any, budget: float = 60.0, started: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.budget = budget
-        self.started = started
+    @property
+    def status(self) -> int | None:
+        return self.response.status_code if self.response is not None else None
 
-    def new(self, **kw: Any) -> BoundedRetry:
-        kw.setdefault("budget", self.budget)
-        kw.setdefault("started", self.started if self.started is not None else time.monotonic())
-        return super().new(**kw)
-
-    def remaining(self) -> float:
-        if self.started is None:
-            return self.budget
-        return self.budget - (time.monotonic() - self.started)
-
-    def is_exhausted(self) -> bool:
-        return super().is_exhausted() or self.remaining() <= 0
-
-    def get_backoff_time(self) -> float:
-        return max(0.0, min(super().get_backoff_time(), self.remaining()))
-
-    def parse_retry_after(self, retry_after: str) -> float:
-        return max(0.0, min(super().parse_retry_after(retry_after), self.remaining()))
-
-    def increment(self, method: str | None = None, url: str | None = None, *args: Any, **kwargs: Any) -> BoundedRetry:
-        response = kwargs.get("response")
-        error = kwargs.get("error")
-        cause = f"HTTP {response.status}" if response is not None else type(error).__name__
-        new_retry = super().increment(method, url, *args, **kwargs)
-        log.warning("retrying GET %s after %s (retry %d)", _strip_query(url), cause, len(new_retry.history))
-        return new_retry
+    @property
+    def cause(self) -> str:
+        if self.response is None:
+            cause = self.error.__cause__
+            return type(cause).__name__ if cause is not None else "no response"
+        if isinstance(self.error, ApiError) and self.error.problem == NOT_JSON:
+            return f"HTTP {self.response.status_code} with a body that is not JSON"
+        return f"HTTP {self.response.status_code}"
 
 
 def _strip_query(url: str | None) -> str:
@@ -138,11 +134,14 @@ class CashfinClient:
     """A thread-safe client for the Cashfin Bookings API over one ``requests.Session``.
 
     ``timeout`` is in seconds and applies to the connection and to each read.
-    ``retry_budget`` bounds, in seconds, the time one request may spend on
-    retries. ``request_counts`` counts the requests made per endpoint
-    (``list`` and ``details``). ``status_counts`` counts them per endpoint and
-    final HTTP status, with ``"error"`` when no response arrived. A request
-    retried by urllib3 counts once, with the status of its last attempt.
+    One request makes at most ``retries`` retries and stops retrying
+    ``retry_budget`` seconds after its first failure. ``backoff`` is the
+    pool's shared back-off; once it gives up, the client sends nothing more,
+    so use a new client for the next sync. ``request_counts`` counts the
+    requests made per endpoint (``list`` and ``details``). ``status_counts``
+    counts them per endpoint and final HTTP status, with ``"error"`` when no
+    response arrived. A retried request counts once, with the status of its
+    last attempt.
     """
 
     def __init__(
@@ -164,7 +163,9 @@ class CashfinClient:
         self.request_counts: Counter[str] = Counter()
         self.status_counts: Counter[tuple[str, str]] = Counter()
         self._counts_lock = threading.Lock()
-        self.session = self._build_session(client_secret, retries, retry_budget, backoff_factor)
+        self.retry_policy = _retry_policy(retries, retry_budget, backoff_factor)
+        self.backoff = PoolBackoff(self.concurrency, self.retry_policy)
+        self.session = self._build_session(client_secret)
 
     @staticmethod
     def _clamp_page_size(page_size: int) -> int:
@@ -173,24 +174,9 @@ class CashfinClient:
             return MAX_PAGE_SIZE
         return max(1, page_size)
 
-    def _build_session(self, client_secret: str, retries: int, budget: float, backoff_factor: float) -> requests.Session:
-        retry = BoundedRetry(
-            total=retries,
-            connect=retries,
-            read=retries,
-            status=retries,
-            other=0,
-            allowed_methods=frozenset({"GET"}),
-            status_forcelist=RETRY_STATUSES,
-            backoff_factor=backoff_factor,
-            backoff_max=min(30.0, budget),
-            backoff_jitter=backoff_factor,
-            respect_retry_after_header=True,
-            retry_after_max=max(1, math.ceil(budget)),
-            raise_on_status=False,
-            budget=budget,
-        )
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=self.concurrency)
+    def _build_session(self, client_secret: str) -> requests.Session:
+        # urllib3 itself does not retry: every retry goes through _get_with_retries, under one budget.
+        adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=self.concurrency)
 
         session = requests.Session()
         session.mount("http://", adapter)
@@ -212,24 +198,112 @@ class CashfinClient:
     # -- requests -----------------------------------------------------------
 
     def _get(self, endpoint: str, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Send one GET and return the JSON body of a ``success: true`` response."""
+        """Send one GET, with retries, and return the JSON body of a ``success: true`` response."""
         url = self.base_url + path
         try:
+            body, status = self._get_with_retries(url, params)
+        except CashfinError as error:
+            self._count(endpoint, _status_label(error))
+            raise
+
+        self._count(endpoint, str(status))
+        log.debug("GET %s %s -> %d", url, dict(params or {}), status)
+        return body
+
+    def _get_with_retries(self, url: str, params: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+        """Run attempts until one succeeds, one fails for good, or the retry budget is spent."""
+        retry = self.retry_policy
+        failure: _TransientFailure | None = None
+        owns_pause = False
+        try:
+            while True:
+                epoch = self.backoff.acquire(retry.deadline(), probe=owns_pause)
+                if epoch is None:
+                    raise failure.error if failure is not None else RateLimitedError(url)
+
+                try:
+                    body, status = self._attempt(url, params)
+                except _TransientFailure as caught:
+                    failure = caught
+                else:
+                    self.backoff.record_success()
+                    return body, status
+                finally:
+                    self.backoff.release()
+
+                paused_again = self._pause_pool_if_rate_limited(url, failure, epoch)
+                if owns_pause and not paused_again:
+                    self.backoff.resume()
+                owns_pause = paused_again
+                retry = self._next_retry(retry, url, failure)
+        finally:
+            if owns_pause:
+                self.backoff.resume()
+
+    def _attempt(self, url: str, params: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+        """Send one request; raise ``_TransientFailure`` for a failure that a retry may fix."""
+        try:
             response = self.session.get(url, params=params, timeout=self.timeout)
-        except requests.exceptions.RetryError as error:
-            self._count(endpoint, "error")
-            raise TransportError(url, f"gave up after retries: {error}") from error
-        except (requests.ConnectionError, requests.Timeout) as error:
-            self._count(endpoint, "error")
+        except requests.exceptions.SSLError as error:
             raise TransportError(url, _describe_transport_error(error)) from error
+        except TRANSIENT_EXCEPTIONS as error:
+            raise _TransientFailure(TransportError(url, _describe_transport_error(error))) from error
         except requests.RequestException as error:
-            # A body cut short (ChunkedEncodingError) and other failures while reading the response.
-            self._count(endpoint, "error")
             raise TransportError(url, f"{type(error).__name__}: {error}") from error
 
-        self._count(endpoint, str(response.status_code))
-        log.debug("GET %s %s -> %d", url, dict(params or {}), response.status_code)
-        return self._decode(url, response)
+        try:
+            return self._decode(url, response), response.status_code
+        except ApiError as error:
+            if _is_transient(response, error):
+                raise _TransientFailure(error, response) from None
+            raise
+
+    def _pause_pool_if_rate_limited(self, url: str, failure: _TransientFailure, epoch: int) -> bool:
+        """After a 429, pause every worker and wait the pause out; return True if this worker owns the pause.
+
+        The owner's retry then goes out alone, as a probe, and the pool
+        resumes once that retry gets a response. A server that still
+        rate-limits thus receives one request and not one from every worker.
+        """
+        if failure.status != 429 or failure.response is None:
+            return False
+        pause = self.backoff.record_rate_limit(epoch, url, failure.response.raw)
+        if pause <= 0:
+            return False
+        try:
+            time.sleep(pause)
+        except BaseException:
+            self.backoff.resume()
+            raise
+        return True
+
+    def _next_retry(self, retry: BoundedRetry, url: str, failure: _TransientFailure) -> BoundedRetry:
+        """Count one retry and wait before it; raise the failure's error when the budget is spent."""
+        if self.backoff.gave_up:
+            raise failure.error
+        raw = failure.response.raw if failure.response is not None else None
+        try:
+            retry = retry.increment("GET", url, response=raw, error=None if raw is not None else failure.error)
+        except MaxRetryError:
+            log.info("giving up on GET %s after %s: retry budget spent", _strip_query(url), failure.cause)
+            raise failure.error from None
+
+        delay = retry.next_delay(raw)
+        if delay is None:
+            log.info(
+                "giving up on GET %s after %s: its Retry-After is beyond the retry budget",
+                _strip_query(url), failure.cause,
+            )
+            raise failure.error
+        if failure.status == 429:
+            # A 429 waits for the pool's pause in acquire(), so it adds no backoff of its own.
+            delay = 0.0
+        log.warning(
+            "retrying GET %s after %s (retry %d of %d, in %.2f s)",
+            _strip_query(url), failure.cause, len(retry.history), self.retry_policy.total, delay,
+        )
+        time.sleep(delay)
+        return retry
 
     def _count(self, endpoint: str, status: str) -> None:
         with self._counts_lock:
@@ -245,7 +319,7 @@ class CashfinClient:
         try:
             body = response.json()
         except ValueError:
-            raise ApiError(url, status, "response is not JSON", response.text) from None
+            raise ApiError(url, status, NOT_JSON, response.text) from None
 
         if status == 404:
             raise NotFoundError(url, status, _api_error_text(body), response.text)
@@ -373,24 +447,34 @@ class CashfinClient:
         An authentication failure stops at once; any other failure is recorded
         per id, so one bad booking never fails the rest. Setting ``cancel``
         drops the requests not yet sent and raises ``SyncCancelledError``.
+        Each worker takes the next id when it is free, so the memory held for
+        requests does not grow with the number of ids.
         """
         result = DetailsResult()
-        ids = list(booking_ids)
-        if not ids:
+        queue = _IdQueue(booking_ids, cancel)
+        workers = min(self.concurrency, len(queue))
+        if workers == 0:
             return result
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="calsync-details") as pool:
-            futures = {booking_id: pool.submit(self.get_details, booking_id) for booking_id in ids}
-            try:
-                for booking_id, future in futures.items():
-                    if cancel is not None and cancel.is_set():
-                        raise SyncCancelledError("fetching details")
-                    self._collect_details(result, booking_id, future.result)
-            except (AuthenticationError, SyncCancelledError):
-                for future in futures.values():
-                    future.cancel()
-                raise
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calsync-details") as pool:
+            runs = [pool.submit(self._details_worker, queue) for _ in range(workers)]
+        for run in runs:
+            part = run.result()
+            result.found.update(part.found)
+            result.missing.update(part.missing)
+            result.failed.update(part.failed)
         return result
+
+    def _details_worker(self, queue: _IdQueue) -> DetailsResult:
+        """Fetch ids from ``queue`` until it is empty; on an error that ends the fetch, stop the other workers too."""
+        part = DetailsResult()
+        try:
+            while (booking_id := queue.next()) is not None:
+                self._collect_details(part, booking_id, partial(self.get_details, booking_id))
+        except BaseException:
+            queue.stop()
+            raise
+        return part
 
     @staticmethod
     def _collect_details(result: DetailsResult, booking_id: str, get: Any) -> None:
@@ -405,6 +489,38 @@ class CashfinClient:
             result.failed[booking_id] = str(error)
 
 
+class _IdQueue:
+    """The ids that the details workers share; ``next`` hands out each id once."""
+
+    def __init__(self, booking_ids: Iterable[str], cancel: threading.Event | None) -> None:
+        self._ids = list(booking_ids)
+        self._position = 0
+        self._cancel = cancel
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def next(self) -> str | None:
+        """Return the next id, or None once every id is taken or ``stop`` was called.
+
+        Raises ``SyncCancelledError`` once ``cancel`` is set.
+        """
+        if self._cancel is not None and self._cancel.is_set():
+            raise SyncCancelledError("fetching details")
+        with self._lock:
+            if self._stopped or self._position >= len(self._ids):
+                return None
+            booking_id = self._ids[self._position]
+            self._position += 1
+            return booking_id
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+
 def client_for(config: Config) -> CashfinClient:
     """Build a client from the ``[cashfin]`` settings of a config."""
     settings = config.cashfin
@@ -415,6 +531,36 @@ def client_for(config: Config) -> CashfinClient:
         page_size=settings.page_size,
         concurrency=settings.concurrency,
     )
+
+
+def _retry_policy(retries: int, budget: float, backoff_factor: float) -> BoundedRetry:
+    """Build the retry policy of one request: ``retries`` retries of any transient kind within ``budget`` seconds."""
+    return BoundedRetry(
+        total=retries,
+        connect=None,
+        read=None,
+        status=None,
+        other=None,
+        allowed_methods=frozenset({"GET"}),
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=backoff_factor,
+        backoff_max=min(30.0, budget),
+        backoff_jitter=backoff_factor,
+        respect_retry_after_header=True,
+        retry_after_max=max(1, math.ceil(budget)),
+        budget=budget,
+    )
+
+
+def _is_transient(response: requests.Response, error: ApiError) -> bool:
+    status = response.status_code
+    return status in RETRY_STATUSES or (status == 200 and error.problem == NOT_JSON)
+
+
+def _status_label(error: CashfinError) -> str:
+    """Return the HTTP status of a failed request as text, or ``error`` when no response arrived."""
+    status = getattr(error, "status", None)
+    return str(status) if isinstance(status, int) else "error"
 
 
 def _is_count(value: object) -> bool:
@@ -430,6 +576,8 @@ def _api_error_text(body: object) -> str:
 def _describe_transport_error(error: Exception) -> str:
     if isinstance(error, requests.Timeout):
         return "timed out"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return f"the response body was cut short ({error})"
     reason = getattr(error, "args", [None])[0]
     inner = getattr(reason, "reason", None)
     return str(inner or reason or error)

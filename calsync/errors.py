@@ -10,7 +10,8 @@ exit code in one place::
     │   ├── AuthenticationError  401 or 403: the client secret was rejected
     │   ├── ApiError             an HTTP error, a non-JSON body or success: false
     │   │   └── NotFoundError    404 for one booking's details
-    │   └── TransportError       no response: connection failed or timed out
+    │   ├── TransportError       no response: connection failed or timed out
+    │   └── RateLimitedError     not sent: 429s went on past the retry budget
     ├── SyncError                a sync could not complete (exit 1)
     │   ├── ListingIncompleteError  the listing disagrees with pagination.total
     │   └── SyncCancelledError   shutdown began before the sync published
@@ -96,6 +97,16 @@ class TransportError(CashfinError):
         self.url = url
         self.cause = cause
         super().__init__(f"request to {url} failed: {cause}")
+
+
+class RateLimitedError(CashfinError):
+    """The request was not sent because the API kept answering 429 past the retry budget."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(
+            f"request to {url} not sent: the API kept answering 429 Too Many Requests past the retry budget"
+        )
 
 
 class SyncError(CalsyncError):

@@ -1002,10 +1002,10 @@ class _RequestStats:
 
     ROUTES = ("list", "details", "other")
 
-    def __init__(self) -> None:
+    def __init__(self, log_size: int = REQUEST_LOG_SIZE) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._log: deque[tuple[str, str]] = deque(maxlen=REQUEST_LOG_SIZE)
+        self._log: deque[tuple[str, str]] = deque(maxlen=log_size)
 
     def record(self, route: str, method: str, target: str) -> None:
         with self._lock:
@@ -1314,6 +1314,7 @@ class Sandbox:
         threads: int = 8,
         latency_ms: float = 0.0,
         faults: Iterable[Fault] = (),
+        request_log_size: int = REQUEST_LOG_SIZE,
     ) -> None:
         """Prepare the data set without serving it yet.
 
@@ -1324,6 +1325,7 @@ class Sandbox:
         ``latency_ms`` delays every response by that many milliseconds, as a
         network round trip would; it can be changed while serving through
         ``latency_ms``. ``faults`` are added to the ``faults`` registry.
+        ``request_log`` keeps the last ``request_log_size`` requests.
         """
         if not secret:
             raise ValueError(
@@ -1338,7 +1340,7 @@ class Sandbox:
 
         self._secret = secret
         self._store = _BookingStore(bookings, snapshot_time(anchor))
-        self._stats = _RequestStats()
+        self._stats = _RequestStats(request_log_size)
         self._faults = FaultRegistry()
         for fault in faults:
             self._faults.add(fault)
@@ -1517,7 +1519,10 @@ class Sandbox:
         return self._stats.counts()
 
     def request_log(self) -> list[tuple[str, str]]:
-        """Return ``(method, path with query)`` of the last 10,000 requests, oldest first."""
+        """Return ``(method, path with query)`` of the last requests, oldest first.
+
+        It keeps as many as ``request_log_size`` (default 10,000) set.
+        """
         return self._stats.log()
 
     def reset_counts(self) -> None:

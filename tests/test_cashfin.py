@@ -7,8 +7,14 @@ from collections import defaultdict, deque
 import pytest
 
 from calsync.cashfin import MAX_PAGE_SIZE, BoundedRetry, CashfinClient
-from calsync.errors import ApiError, AuthenticationError, NotFoundError, TransportError
-from calsync.sandbox import Sandbox
+from calsync.errors import (
+    ApiError,
+    AuthenticationError,
+    NotFoundError,
+    RateLimitedError,
+    TransportError,
+)
+from calsync.sandbox import Fault, Sandbox
 from calsync.wsgi import make_server, server_url, start_server_thread, stop_server
 from tests.conftest import SANDBOX_ANCHOR
 
@@ -83,12 +89,15 @@ def test_retry_after_read_and_capped_by_budget():
     assert retry.parse_retry_after("3600") == 10.0
 
 
-def test_session_honours_retry_after():
-    adapter = CashfinClient("http://127.0.0.1:9", SECRET).session.get_adapter("http://127.0.0.1:9")
+def test_retry_policy_honours_retry_after():
+    client = CashfinClient("http://127.0.0.1:9", SECRET)
+    adapter = client.session.get_adapter("http://127.0.0.1:9")
 
-    assert adapter.max_retries.respect_retry_after_header
-    assert set(adapter.max_retries.status_forcelist) == {429, 502, 503, 504}
-    assert adapter.max_retries.allowed_methods == frozenset({"GET"})
+    assert client.retry_policy.respect_retry_after_header
+    assert set(client.retry_policy.status_forcelist) == {429, 500, 502, 503, 504}
+    assert client.retry_policy.allowed_methods == frozenset({"GET"})
+    # One retry loop in the client, under one budget, so urllib3 must not retry underneath it.
+    assert adapter.max_retries.total == 0
 
 
 def test_429_with_retry_after_retried(scripted):
@@ -111,14 +120,24 @@ def test_retries_bounded_in_count(scripted):
 
 
 def test_retries_bounded_in_time(scripted):
-    scripted.defaults[LIST] = (503, [("Retry-After", "3600")], {"success": False})
+    scripted.defaults[LIST] = (503, [], {"success": False})
 
     with pytest.raises(ApiError):
+        client_for(scripted, retries=50, retry_budget=0.3, backoff_factor=0.1).list_bookings()
+
+    # Backoffs of 0.2 s, 0.4 s and more spend the budget of 0.3 s long before the count of 50.
+    assert scripted.count(LIST) < 5
+
+
+def test_retry_after_beyond_budget_gives_up_at_once(scripted):
+    scripted.defaults[LIST] = (503, [("Retry-After", "3600")], {"success": False})
+
+    with pytest.raises(ApiError) as raised:
         client_for(scripted, retries=50, retry_budget=0.5).list_bookings()
 
-    # The one-hour Retry-After is capped at the budget, and the budget, not the
-    # count of 50, ends the retries.
-    assert scripted.count(LIST) < 51
+    # Waiting out the budget would only end in another refusal.
+    assert raised.value.status == 503
+    assert scripted.count(LIST) == 1
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -273,3 +292,59 @@ def test_count_bookings_probe():
     with Sandbox(secret=SECRET, count=12, anchor=SANDBOX_ANCHOR) as sandbox:
         assert CashfinClient(sandbox.base_url, SECRET).count_bookings() == 12
         assert "limit=1" in sandbox.request_log()[0][1]
+
+
+def test_429_pauses_every_worker():
+    concurrency = 4
+    with Sandbox(secret=SECRET, count=160, anchor=SANDBOX_ANCHOR, latency_ms=30) as sandbox:
+        fault = sandbox.faults.add(Fault("429", endpoint="details", on_requests={9}, retry_after_seconds=1))
+        client = CashfinClient(sandbox.base_url, SECRET, concurrency=concurrency, backoff_factor=0.01)
+
+        result = client.fetch_details(sandbox.ids())
+
+        details = [target for _, target in sandbox.request_log() if "/details/" in target]
+    assert fault.fired == 1
+    assert len(result.found) == 160
+    retried = next(target for target in details if details.count(target) == 2)
+    first = details.index(retried)
+    second = details.index(retried, first + 1)
+    # Between the 429 and its retry the sandbox serves only requests sent before the pool
+    # paused. That is at most one per other worker, and one more each if they sent it while
+    # the 429 was on its way. Without a shared pause the other workers would send about 100
+    # requests during the one-second Retry-After.
+    assert second - first - 1 <= 2 * (concurrency - 1)
+    assert client.backoff.rate_limit_events == 1
+    # The limit halved to 2 and grew back by one per run of successes.
+    assert client.backoff.limit == concurrency
+
+
+def test_persistent_429_stops_whole_pool():
+    concurrency = 8
+    with Sandbox(secret=SECRET, count=100, anchor=SANDBOX_ANCHOR) as sandbox:
+        fault = sandbox.faults.add(Fault("429", endpoint="details", retry_after_seconds=0))
+        client = CashfinClient(sandbox.base_url, SECRET, concurrency=concurrency, backoff_factor=0.01)
+
+        result = client.fetch_details(sandbox.ids())
+
+        sent = sandbox.request_counts()["details"]
+    assert len(result.failed) == 100
+    assert client.backoff.gave_up
+    assert sent == fault.fired
+    # Each request alone would retry 4 times: 500 requests. The pool halves its
+    # limit on every 429 and stops after 5 in a row, so most ids are never sent.
+    assert sent <= 5 * concurrency
+    unsent = [booking_id for booking_id, error in result.failed.items() if "not sent" in error]
+    assert len(unsent) >= 100 - sent
+
+
+def test_pool_gave_up_refuses_list(scripted):
+    scripted.defaults[LIST] = (429, [("Retry-After", "0")], {"success": False, "error": "slow down"})
+    client = client_for(scripted, retries=2)
+
+    with pytest.raises(ApiError) as raised:
+        client.list_bookings()
+    with pytest.raises(RateLimitedError):
+        client.count_bookings()
+
+    assert raised.value.status == 429
+    assert scripted.count(LIST) == 3

@@ -521,6 +521,23 @@ def test_replaced_file_served_without_restart(http, base_url, config, synced) ->
     assert get_feed(http, base_url, headers={"If-None-Match": first.headers["ETag"]}).status_code == 200
 
 
+def test_feed_over_1_mib_served_whole(http, base_url, config, synced) -> None:
+    # Above 1 MiB the body goes through waitress's file wrapper instead of a list.
+    large = synced.data["bookings"] * (2 * 1024 * 1024 // len(synced.data["bookings"]) + 1)
+    publish(feed_path(config.sync.state_dir, "bookings"), large)
+
+    response = get_feed(http, base_url)
+    head = get_feed(http, base_url, method="HEAD")
+    conditional = get_feed(http, base_url, headers={"If-None-Match": response.headers["ETag"]})
+
+    assert response.content == large
+    assert response.headers["Content-Length"] == str(len(large))
+    assert head.content == b""
+    assert head.headers["Content-Length"] == str(len(large))
+    assert conditional.status_code == 304
+    assert conditional.content == b""
+
+
 def test_deleted_file_keeps_serving(http, base_url, config, synced) -> None:
     first = get_feed(http, base_url)
     feed_path(config.sync.state_dir, "bookings").unlink()
