@@ -68,6 +68,23 @@ def transient_fault(kind: str, **scope) -> Fault:
     return Fault(kind, retry_after_seconds=0, hang_seconds=HANG_SECONDS, **scope)
 
 
+@freeze_time(SYNC_TIME)
+def test_slow_responses_within_timeout_succeed(tmp_path, api):
+    clean = engine_for(tmp_path / "clean", api.base_url)
+    clean.run()
+    expected = feed_bytes(tmp_path / "clean")
+    # The first 8 responses of each endpoint wait 300 ms, under the 1 s timeout, so nothing is retried.
+    fault = api.faults.add(Fault("slow", delay_ms=300, on_requests=set(range(1, 9))))
+    api.reset_counts()
+
+    result = engine_for(tmp_path / "slow", api.base_url).run()
+
+    assert fault.fired == 3 + 8
+    assert result.stats.list_requests == 3
+    assert result.stats.details_requests == COUNT
+    assert feed_bytes(tmp_path / "slow") == expected
+
+
 @pytest.mark.parametrize("kind", TRANSIENT_KINDS)
 @freeze_time(SYNC_TIME)
 def test_transient_list_fault_retried_to_success(tmp_path, api, kind):
