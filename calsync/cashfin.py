@@ -33,7 +33,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 
-from calsync import __version__
+from calsync import __version__, json_keys
 from calsync.errors import (
     ApiError,
     AuthenticationError,
@@ -317,7 +317,7 @@ class CashfinClient:
             raise AuthenticationError(status, url)
 
         try:
-            body = response.json()
+            body = json_keys.loads(response.content)
         except ValueError:
             raise ApiError(url, status, NOT_JSON, response.text) from None
 

@@ -54,6 +54,7 @@ from calsync.store import (
     StateStore,
     StoredBooking,
     open_or_rebuild,
+    share_row_values,
 )
 
 log = logging.getLogger(__name__)
@@ -506,7 +507,7 @@ def _updated_booking(
 
     booking = StoredBooking(
         id=booking_id,
-        row=row,
+        row=share_row_values(row, details),
         fingerprint=fingerprint(row),
         significant="",
         first_seen=known.first_seen if known else now,

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from calsync import json_keys
 from calsync.errors import CorruptStateError, StateError
 
 log = logging.getLogger(__name__)
@@ -531,23 +531,29 @@ def _json_text(value: object) -> str:
     return text
 
 
-def _interned_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {sys.intern(key): value for key, value in pairs}
+def share_row_values(row: dict[str, Any], details: dict[str, Any] | None) -> dict[str, Any]:
+    """Make ``row`` use the value objects of ``details`` where the two are equal, and return it.
 
-
-# A sync keeps every stored booking in memory. json.loads gives each object
-# its own copies of its key strings, about a third of a decoded booking, so
-# this decoder interns keys and every booking shares one string per key name.
-_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_interned_keys)
+    A list row repeats most of its values in the details. Sharing one object
+    per value keeps a second copy of each out of memory, which matters when a
+    sync holds every booking.
+    """
+    if details:
+        for key, value in row.items():
+            other = details.get(key)
+            if other is not value and other == value:
+                row[key] = other
+    return row
 
 
 def _booking_from_row(row: dict[str, Any]) -> StoredBooking:
     details_json = row["details_json"]
+    details = json_keys.loads(details_json) if details_json is not None else None
     return StoredBooking(
         id=row["id"],
-        row=_JSON_DECODER.decode(row["row_json"]),
+        row=share_row_values(json_keys.loads(row["row_json"]), details),
         fingerprint=row["fingerprint"],
-        details=_JSON_DECODER.decode(details_json) if details_json is not None else None,
+        details=details,
         details_fetched_at=parse_utc_text(row["details_fetched_at"]),
         significant=row["significant"],
         sequence=row["sequence"],
